@@ -1,0 +1,227 @@
+"""The calibration pipeline as a Python API: data -> statistics -> ranges -> files.
+
+    from quantlab import calibrate
+    result = calibrate("model.onnx", data="calib/", method="entropy", output="model.cache")
+
+The CLI (:mod:`quantlab.cli`) is a thin layer over these functions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+from . import defaults
+from .atomic import check_writable
+from .collector import ActivationCollector
+from .errors import DataError, StatisticsError
+from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
+from .graph import ModelGraph, load_model
+from .histogram import DEFAULT_BINS
+from .plugins import detect_dataset_adapter, get_calibrator, get_dataset_adapter
+from .preprocess import Preprocess, iterate_batches, select_indices
+from .statistics import Statistics, merge_files
+from .table import CalibrationTable, timestamp, versions
+from .weights import weight_ranges
+
+ModelSource = Union[str, Path, ModelGraph]
+
+
+@dataclass
+class DataSpec:
+    """Where the samples come from and how they become model inputs."""
+
+    source: Any = None  # path, "module:function", or a dataset object; None = embedded default
+    data_format: Optional[str] = None  # adapter name; None = detect
+    preprocess: Preprocess = field(default_factory=Preprocess)
+    num_samples: Optional[int] = None
+    batch_size: int = 32
+    seed: int = 0
+
+
+def open_dataset(source: Any, data_format: Optional[str], graph: ModelGraph):
+    """Instantiate the dataset adapter for ``source`` (an adapter object passes through)."""
+    if hasattr(source, "__getitem__") and hasattr(source, "__len__") and not isinstance(source, (str, Path)):
+        return source
+    source = str(source)
+    cls = get_dataset_adapter(data_format) if data_format else detect_dataset_adapter(source)
+    if getattr(cls, "name", "") == "images":
+        channels = _channels(graph)
+        return cls(source, channels=channels)
+    if getattr(cls, "name", "") == "npy":
+        return cls(source, input_names=[s.name for s in graph.inputs])
+    return cls(source)
+
+
+def _channels(graph: ModelGraph) -> int:
+    from .preprocess import model_layout
+
+    spec = graph.inputs[0]
+    shape = spec.sample_shape
+    if len(shape) != 3:
+        return 3
+    channels = shape[0] if model_layout(spec) == "NCHW" else shape[-1]
+    return channels if isinstance(channels, int) else 3
+
+
+def resolve_model(model: Optional[ModelSource]) -> ModelGraph:
+    if isinstance(model, ModelGraph):
+        return model
+    return load_model(model if model is not None else defaults.MODEL)
+
+
+def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: int = DEFAULT_BINS,
+                       providers: Optional[Sequence[str]] = None,
+                       progress: bool = True) -> Statistics:
+    """Run the FP32 model over the selected samples and return per-tensor statistics."""
+    graph = resolve_model(model)
+    source = data.source if data.source is not None else defaults.CALIBRATION_DATA
+    if data.source is None and model is not None and not _is_default_model(graph):
+        raise DataError("no --data given: pass the calibration data for this model (--data PATH)")
+    dataset = open_dataset(source, data.data_format, graph)
+    indices = select_indices(len(dataset), data.num_samples, data.seed)
+    batch_size = data.batch_size
+    fixed = graph.inputs[0].fixed_batch if graph.inputs else None
+    if fixed is not None and fixed != batch_size:
+        if len(indices) % fixed:
+            raise DataError(
+                f"the model's batch size is fixed at {fixed}; use a sample count that is a "
+                f"multiple of it (--num-samples), or export the model with a dynamic batch axis"
+            )
+        batch_size = fixed
+    collector = ActivationCollector(graph, bins=bins, providers=providers)
+    batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
+    return collector.collect(batches, total=len(indices), progress=progress)
+
+
+def _is_default_model(graph: ModelGraph) -> bool:
+    return graph.path is not None and graph.path.resolve() == Path(defaults.MODEL).resolve()
+
+
+def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "entropy",
+                         params: Optional[dict] = None, *, allow_nonfinite: bool = False,
+                         zero_amax: Optional[float] = None) -> CalibrationTable:
+    """Turn statistics into a table: amax per activation (by ``method``) and per weight channel.
+
+    Degenerate tensors are decided here, never written silently:
+    * NaN/Inf seen in a tensor: an error unless ``allow_nonfinite``, which calibrates it from
+      its finite values and records a note;
+    * a tensor that was all zeros: an error unless ``zero_amax`` is given, which it then gets
+      (any scale represents 0 exactly; the note says so).
+    """
+    if stats.model_sha256 != graph.sha256:
+        raise StatisticsError(
+            f"the statistics were collected on another model (sha256 {stats.model_sha256[:12]}..., "
+            f"this model {graph.sha256[:12]}...); collect them again for this model"
+        )
+    calibrator = get_calibrator(method, **(params or {}))
+    bad = {n: h for n, h in stats.tensors.items() if h.nan_count or h.inf_count}
+    if bad and not allow_nonfinite:
+        listed = ", ".join(f"{n!r} ({h.nan_count} NaN, {h.inf_count} Inf)" for n, h in list(bad.items())[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise StatisticsError(
+            f"NaN/Inf activations in {len(bad)} tensor(s): {listed}{more}; check the input data "
+            "and preprocessing, or pass --allow-nonfinite to calibrate from the finite values"
+        )
+    zeros = [n for n, h in stats.tensors.items() if h.max_abs == 0]
+    if zeros and zero_amax is None:
+        shown = ", ".join(repr(n) for n in zeros[:3]) + (f" and {len(zeros) - 3} more" if len(zeros) > 3 else "")
+        raise StatisticsError(
+            f"{len(zeros)} tensor(s) were all zero on the calibration data ({shown}), so they "
+            "have no range; use more varied data, or pass --zero-amax VALUE to give them one"
+        )
+    if zero_amax is not None and not (math.isfinite(zero_amax) and zero_amax > 0):
+        raise StatisticsError(f"--zero-amax must be finite and positive, got {zero_amax}")
+
+    activations: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    for name, hist in stats.tensors.items():
+        if hist.max_abs == 0:
+            activations[name] = float(zero_amax)
+            notes[name] = "all zero on the calibration data; amax set by --zero-amax"
+            continue
+        if hasattr(calibrator, "calibrate"):
+            amax = float(calibrator.calibrate(hist))
+        else:
+            amax = float(calibrator.compute_amax(hist.counts, hist.edges))
+        if not (math.isfinite(amax) and amax > 0):
+            raise StatisticsError(
+                f"method {method!r} returned amax {amax} for {name!r} (max |x| {hist.max_abs}); "
+                "this is a bug in the calibrator, try another --method"
+            )
+        activations[name] = amax
+        if name in bad:
+            notes[name] = f"{hist.nan_count} NaN and {hist.inf_count} Inf values ignored"
+    used_params = calibrator.params() if hasattr(calibrator, "params") else dict(params or {})
+    provenance = {
+        "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None},
+        "data": {"fingerprint": stats.fingerprint.hexdigest, "num_samples": stats.num_samples,
+                 "histogram_bins": stats.bins},
+        "versions": versions(),
+        "created": timestamp(),
+    }
+    return CalibrationTable(method, used_params, activations, weight_ranges(graph), provenance, notes)
+
+
+def default_trt_algorithm(method: str, params: Optional[dict] = None) -> str:
+    calibrator = get_calibrator(method, **(params or {}))
+    return getattr(calibrator, "trt_algorithm", "EntropyCalibration2")
+
+
+@dataclass
+class CalibrationResult:
+    table: CalibrationTable
+    statistics: Statistics
+    cache_path: Optional[Path]
+    table_path: Optional[Path]
+    seconds: float
+
+
+def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = None, *,
+              method: str = "entropy", params: Optional[dict] = None,
+              output: Optional[Union[str, Path]] = None, table: Optional[Union[str, Path]] = None,
+              stats: Optional[Sequence[Union[str, Path]]] = None,
+              save_stats: Optional[Union[str, Path]] = None,
+              trt_version: tuple = DEFAULT_TRT_VERSION, trt_algorithm: Optional[str] = None,
+              bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
+              allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
+              progress: bool = True) -> CalibrationResult:
+    """Calibrate ``model`` (the embedded default when None) and write the cache and table.
+
+    ``output`` is the TensorRT cache path (``None``: no files); ``table`` the JSON table path
+    (default: next to the cache, ``<stem>.quantlab.json``). ``stats`` skips collection and
+    calibrates from statistics files (merged when several).
+    """
+    started = time.perf_counter()
+    graph = resolve_model(model)
+    header = make_header(trt_version, trt_algorithm or default_trt_algorithm(method, params))
+    if output is not None:
+        check_writable(output)
+        table = table if table is not None else table_path_for(output)
+        check_writable(table)
+    if save_stats is not None:
+        check_writable(save_stats)
+    if stats:
+        statistics = merge_files(stats)
+    else:
+        statistics = collect_statistics(graph, data or DataSpec(), bins=bins, providers=providers,
+                                        progress=progress)
+        if save_stats is not None:
+            statistics.save(save_stats)
+    result_table = calibrate_statistics(graph, statistics, method, params,
+                                        allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+    result_table.provenance["trt_cache_header"] = header
+    cache_path = table_path = None
+    if output is not None:
+        table_path = result_table.save(table)
+        cache_path = write_trt_cache(output, result_table.activations, header)
+    return CalibrationResult(result_table, statistics, cache_path, table_path,
+                             time.perf_counter() - started)
+
+
+def table_path_for(cache_path: Union[str, Path]) -> Path:
+    path = Path(cache_path)
+    return path.with_name(path.stem + ".quantlab.json")
