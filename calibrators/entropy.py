@@ -18,7 +18,7 @@ array of level boundaries scores all candidates in a few milliseconds.
 Exactness: the reference picks the smallest divergence *as it computes it in floating point*
 (ties to the largest ``i``). Two candidates whose divergences are equal, or nearly so, could
 come out in either order under different rounding, so the closest few candidates are re-scored
-with the reference's own arithmetic (same arrays, same ``scipy.stats.entropy`` call) and the
+with the reference's own arithmetic (same arrays, the arithmetic of ``scipy.stats.entropy``) and the
 winner is taken from those numbers. Candidates whose ``P`` and ``Q`` are identical (divergence
 exactly 0 there too) are recognised without re-scoring.
 
@@ -34,8 +34,11 @@ edge of its histogram, never a threshold below its value. An all-zero histogram 
 
 from __future__ import annotations
 
+import threading
+from functools import lru_cache
+
 import numpy as np
-from scipy.stats import entropy as scipy_entropy
+from scipy.special import rel_entr
 
 from calibrators._common import as_histogram
 
@@ -75,7 +78,7 @@ def entropy_threshold_index(hist: np.ndarray, num_bits: int = 8, start_bin: int 
     candidates = np.arange(start_bin, len(bins) + 1)
     if len(candidates) == 0:
         return None
-    scores, exact_zero = _fast_divergences(bins, candidates, levels)
+    scores = _fast_divergences(bins, start_bin, levels)
     defined = ~np.isnan(scores)
     if not defined.any():
         return None
@@ -83,76 +86,120 @@ def entropy_threshold_index(hist: np.ndarray, num_bits: int = 8, start_bin: int 
     if np.isinf(best):
         # Every defined candidate is infinite: the reference's tie rule picks the largest.
         return int(candidates[defined][-1])
-    near = defined & (scores <= best + max(_RESCORE_ABS, _RESCORE_REL * abs(best)))
-    exact = np.where(exact_zero, 0.0, np.nan)
-    for position in np.flatnonzero(near & ~exact_zero):
+    near = np.flatnonzero(defined & (scores <= best + max(_RESCORE_ABS, _RESCORE_REL * abs(best))))
+    exact = np.full(len(candidates), np.nan)
+    zero = _exact_zero(bins, candidates[near], levels)
+    exact[near[zero]] = 0.0
+    for position in near[~zero]:
         exact[position] = _reference_divergence(bins, int(candidates[position]), levels)
     winner = np.nanmin(exact)
     last = np.flatnonzero(exact == winner)[-1]
     return int(candidates[last])
 
 
-def _fast_divergences(bins: np.ndarray, candidates: np.ndarray, levels: int):
-    """KL(P||Q) for every candidate at once (NaN where Q is empty, inf where P>0 meets Q=0).
+@lru_cache(maxsize=8)
+def _level_bounds(num_bins: int, start_bin: int, levels: int) -> np.ndarray:
+    """Row r, column k: first bin of level k for candidate ``start_bin + r`` (column L = i).
 
-    Also returns a mask of candidates with P == Q bin for bin, whose divergence the reference
-    computes as exactly 0.
+    Level k of candidate i holds bins ceil(k i / L) .. ceil((k + 1) i / L) - 1; L is a power of
+    two so the ceiling is a shift. Cached: every 2048-bin tensor uses the same table.
     """
+    i = np.arange(start_bin, num_bins + 1, dtype=np.int64)
+    k = np.arange(levels + 1, dtype=np.int64)
+    bounds = (k[None, :] * i[:, None] + (levels - 1)) >> (levels.bit_length() - 1)
+    bounds.setflags(write=False)
+    return bounds
+
+
+def _fast_divergences(bins: np.ndarray, start_bin: int, levels: int) -> np.ndarray:
+    """KL(P||Q) for every candidate at once (NaN where Q is empty, inf where P>0 meets Q=0)."""
     total = bins.sum()
     nonzero = bins > 0
     prefix = np.concatenate(([0.0], np.cumsum(bins)))
-    prefix_nonzero = np.concatenate(([0], np.cumsum(nonzero)))
+    prefix_nonzero = np.concatenate(([0.0], np.cumsum(nonzero, dtype=np.float64)))
     safe = np.where(nonzero, bins, 1.0)
     prefix_plogp = np.concatenate(([0.0], np.cumsum(bins * np.log(safe))))
 
-    i = candidates
+    i = np.arange(start_bin, len(bins) + 1)
     tail = total - prefix[i]
     kept = prefix[i]  # S = sum of Q = mass below the threshold
     last = bins[i - 1]
+    scores = np.full(len(i), np.nan)
+    scores[(kept > 0) & (tail > 0) & (last == 0)] = np.inf
+    rows = np.flatnonzero((kept > 0) & ~((tail > 0) & (last == 0)))
+    if len(rows) == 0:
+        return scores
+    i, tail, kept, last = i[rows], tail[rows], kept[rows], last[rows]
     folded = last + tail
     plogp = prefix_plogp[i - 1] + folded * np.log(np.where(folded > 0, folded, 1.0))
 
-    # Level k of candidate i holds bins ceil(k i / L) .. ceil((k + 1) i / L) - 1 (L a power of 2).
-    k = np.arange(levels + 1)
-    shift = levels.bit_length() - 1
-    bounds = (k[None, :] * i[:, None] + (levels - 1)) >> shift
-    mass = np.diff(prefix[bounds], axis=1)
-    count = np.diff(prefix_nonzero[bounds], axis=1)
-    has = count > 0
-    # mass > 0 exactly where count > 0, so log(mass / count) is finite there; 1 elsewhere -> 0.
-    ratio = np.divide(mass, count, out=np.ones_like(mass), where=has)
-    qlogq = np.einsum("ij,ij->i", mass, np.log(ratio))
-    top_mass, top_count = mass[:, -1], count[:, -1]  # bin i-1 is always in the top level
-    q_last = np.where(top_count > 0, top_mass / np.maximum(top_count, 1), 0.0)
-    qlogq = qlogq + np.where(tail > 0, tail * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
-
+    table = _level_bounds(len(bins), start_bin, levels)
+    bounds = table if len(rows) == len(table) else table[rows]
+    # Fresh (candidates x 129) arrays cost more in page faults than in arithmetic, so the
+    # work arrays are reused between calls (one set per thread).
+    edges, mass, count, ratio, empty = _workspace(bounds.shape)
+    np.take(prefix, bounds, out=edges)
+    np.subtract(edges[:, 1:], edges[:, :-1], out=mass)
+    np.take(prefix_nonzero, bounds, out=edges)
+    np.subtract(edges[:, 1:], edges[:, :-1], out=count)
+    # Bin i-1 always lies in the top level; with a tail, P's extra mass meets Q = M/n there.
     with np.errstate(divide="ignore", invalid="ignore"):
-        scores = (plogp - qlogq) / total + np.log(kept / total)
-    scores = np.where(kept > 0, scores, np.nan)
-    scores = np.where((kept > 0) & (tail > 0) & (last == 0), np.inf, scores)
-    exact_zero = (kept > 0) & (tail == 0)
-    if exact_zero.any():
-        exact_zero[exact_zero] = _levels_uniform(bins, bounds[exact_zero], mass[exact_zero], count[exact_zero])
-    scores = np.where(exact_zero, 0.0, scores)
-    return scores, exact_zero
+        q_last = mass[:, -1] / count[:, -1]
+    # An empty level has mass 0 and count 0: make the ratio 1 there so its term is 0 * log(1).
+    np.equal(count, 0, out=empty)
+    np.add(count, empty, out=count)
+    np.add(mass, empty, out=ratio)
+    np.divide(ratio, count, out=ratio)
+    np.log(ratio, out=ratio)
+    qlogq = np.einsum("ij,ij->i", mass, ratio)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        qlogq = qlogq + np.where(tail > 0, tail * np.log(np.where(q_last > 0, q_last, 1.0)), 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scores[rows] = (plogp - qlogq) / total + np.log(kept / total)
+    return scores
 
 
-def _levels_uniform(bins, bounds, mass, count) -> np.ndarray:
-    """Per row: do all non-empty bins of each level hold the same count (so Q == P)?
+_local = threading.local()
 
-    Equal non-empty bins <=> M^2 == n * sum(h^2) over the level (Cauchy-Schwarz equality),
-    tested in exact integer arithmetic (int64 while it cannot overflow, Python integers
-    beyond); histograms that are not integer counts get no shortcut (their near-ties are all
-    re-scored).
+
+def _workspace(shape: tuple) -> tuple:
+    """Reusable work arrays for :func:`_fast_divergences` (per thread, per shape)."""
+    cached = getattr(_local, "arrays", None)
+    if cached is None or cached[0] != shape:
+        rows, columns = shape
+        cached = (shape, (np.empty((rows, columns)), np.empty((rows, columns - 1)),
+                          np.empty((rows, columns - 1)), np.empty((rows, columns - 1)),
+                          np.empty((rows, columns - 1), dtype=bool)))
+        _local.arrays = cached
+    return cached[1]
+
+
+def _exact_zero(bins: np.ndarray, candidates: np.ndarray, levels: int) -> np.ndarray:
+    """Per candidate: is Q == P bin for bin (so the reference computes exactly 0)?
+
+    True when nothing lies past the threshold and all non-empty bins of each level hold the
+    same count: M^2 == n * sum(h^2) over the level (Cauchy-Schwarz equality), tested in exact
+    integer arithmetic (int64 while it cannot overflow, Python integers beyond). Histograms of
+    non-integer counts get no shortcut; their near-ties are re-scored instead.
     """
-    if not np.array_equal(bins, np.round(bins)):
-        return np.zeros(len(bounds), dtype=bool)
-    dtype = np.int64 if bins.sum() < 2**26 else object
+    result = np.zeros(len(candidates), dtype=bool)
+    total = bins.sum()
+    prefix = np.concatenate(([0.0], np.cumsum(bins)))
+    check = prefix[candidates] == total
+    if not check.any() or not np.array_equal(bins, np.round(bins)):
+        return result
+    dtype = np.int64 if total < 2**26 else object
     ints = bins.astype(np.int64).astype(dtype)
-    prefix_sq = np.concatenate((np.zeros(1, dtype=dtype), np.cumsum(ints * ints)))
+    zero = np.zeros(1, dtype=dtype)
+    prefix_int = np.concatenate((zero, np.cumsum(ints)))
+    prefix_sq = np.concatenate((zero, np.cumsum(ints * ints)))
+    prefix_nz = np.concatenate((zero, np.cumsum(ints > 0).astype(dtype)))
+    bounds = _level_bounds(len(bins), int(candidates.min()), levels)[candidates[check] - candidates.min()]
+    mass = np.diff(prefix_int[bounds], axis=1)
     square = np.diff(prefix_sq[bounds], axis=1)
-    m = mass.astype(np.int64).astype(dtype)
-    return np.all(m * m == count.astype(dtype) * square, axis=1)
+    count = np.diff(prefix_nz[bounds], axis=1)
+    result[check] = np.all(mass * mass == count * square, axis=1)
+    return result
 
 
 def _reference_divergence(bins: np.ndarray, i: int, levels: int) -> float:
@@ -160,7 +207,7 @@ def _reference_divergence(bins: np.ndarray, i: int, levels: int) -> float:
 
     Same arrays as the reference builds (Q's level sums accumulated in bin order, the level
     mean divided by the count of non-empty bins, the tail added to the last reference bin) and
-    the same ``scipy.stats.entropy`` call, so the float result matches bit for bit.
+    arithmetic as ``scipy.stats.entropy``, so the float result matches bit for bit.
     """
     head = bins[:i]
     used = head != 0
@@ -171,4 +218,8 @@ def _reference_divergence(bins: np.ndarray, i: int, levels: int) -> float:
     quantized[used] = level_sum[level[used]] / level_count[level[used]]
     reference = np.array(head)
     reference[-1] += np.sum(bins[i:])
-    return float(scipy_entropy(reference, quantized))
+    # scipy.stats.entropy(reference, quantized), minus its argument-handling overhead.
+    with np.errstate(invalid="ignore", divide="ignore"):
+        q = quantized / np.sum(quantized)
+        p = reference / np.sum(reference)
+    return float(np.sum(rel_entr(p, q)))

@@ -1,14 +1,12 @@
 """An independent, deliberately naive statement of the reference KL threshold search.
 
 It follows the semantics of NVIDIA's ``_compute_amax_entropy`` (pytorch-quantization / Model
-Optimizer; 8 bits, signed, stride 1, start bin 128) step by step, with Python loops and
+Optimizer; 8 bits, signed, stride 1, start bin 128) step by step, with a loop over candidates and
 ``numpy.digitize`` over a ``linspace`` as the reference does, so that the vectorised calibrator
 can be checked against it. Slow on purpose: clarity over speed.
 """
 
 from __future__ import annotations
-
-from collections import Counter
 
 import numpy as np
 from scipy.stats import entropy
@@ -24,17 +22,13 @@ def reference_entropy_amax(hist, edges, num_bits=8, start_bin=128):
         space = np.linspace(0, i, num=nbins + 1)
         level = np.digitize(range(i), space) - 1
         level[bins[:i] == 0] = -1
+        used = level != -1
         level_sum = np.zeros(nbins, dtype=np.float64)
-        for j, lv in enumerate(level):
-            if lv != -1:
-                level_sum[lv] += bins[j]
-        for key, count in Counter(level).items():
-            if key != -1:
-                level_sum[key] = level_sum[key] / count
+        np.add.at(level_sum, level[used], bins[:i][used])  # in bin order, like the reference loop
+        members = np.bincount(level[used], minlength=nbins)  # the reference's Counter
+        level_sum = np.divide(level_sum, members, out=level_sum, where=members > 0)
         quantized = np.zeros(i, dtype=np.float64)
-        for j, lv in enumerate(level):
-            if lv != -1:
-                quantized[j] = level_sum[lv]
+        quantized[used] = level_sum[level[used]]
         reference = np.array(bins[:i])
         reference[-1] += np.sum(bins[i:])
         assert round(np.sum(quantized) + np.sum(bins[i:])) == total
