@@ -15,19 +15,19 @@ ranges), :mod:`quantlab.table` and :mod:`quantlab.formats` (files written).
 
 __version__ = "0.1.0"
 
-from .calibrate import (  # noqa: E402
+from .calibrate import (
     CalibrationResult,
     DataSpec,
     calibrate,
     calibrate_statistics,
     collect_statistics,
 )
-from .errors import QuantlabError  # noqa: E402
-from .graph import load_model  # noqa: E402
-from .plugins import get_calibrator, list_calibrators  # noqa: E402
-from .preprocess import Preprocess  # noqa: E402
-from .statistics import Statistics  # noqa: E402
-from .table import CalibrationTable  # noqa: E402
+from .errors import QuantlabError
+from .graph import load_model
+from .plugins import get_calibrator, list_calibrators
+from .preprocess import Preprocess
+from .statistics import Statistics
+from .table import CalibrationTable
 
 __all__ = [
     "CalibrationResult", "CalibrationTable", "DataSpec", "Preprocess", "QuantlabError",

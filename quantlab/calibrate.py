@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Union
 
 from . import defaults
 from .atomic import check_writable
@@ -78,6 +79,8 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
                        progress: bool = True) -> Statistics:
     """Run the FP32 model over the selected samples and return per-tensor statistics."""
     graph = resolve_model(model)
+    if data.batch_size <= 0:
+        raise DataError(f"--batch-size must be positive, got {data.batch_size}")
     source = data.source if data.source is not None else defaults.CALIBRATION_DATA
     if data.source is None and model is not None and not _is_default_model(graph):
         raise DataError("no --data given: pass the calibration data for this model (--data PATH)")

@@ -10,8 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional
 
 from . import __version__, defaults
 from .calibrate import DataSpec, calibrate, collect_statistics, resolve_model

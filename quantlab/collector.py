@@ -8,7 +8,8 @@ samples (ONNX Runtime's own calibrator keeps every intermediate output of every 
 from __future__ import annotations
 
 import sys
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Optional
 
 import numpy as np
 import onnxruntime as ort

@@ -16,8 +16,9 @@ import gzip
 import importlib
 import importlib.util
 import struct
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
 import numpy as np
 

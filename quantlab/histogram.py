@@ -75,25 +75,34 @@ class TensorHistogram:
         return np.arange(self.bins + 1, dtype=np.float64) * (top / self.bins)
 
     def update(self, values: np.ndarray) -> None:
-        """Fold a batch of values (any shape, any float dtype) into the statistics."""
+        """Fold a batch of values (any shape, any float dtype) into the statistics.
+
+        Hot path of calibration: a handful of passes over the data (abs, max, min/max, one
+        exact power-of-two multiply, the integer cast, bincount); NaN/Inf are looked for only
+        when the batch maximum says there are some (NaN and Inf both make it non-finite).
+        """
         flat = np.asarray(values).reshape(-1)
         if flat.dtype.kind != "f":
             flat = flat.astype(np.float64)
         elif flat.dtype.itemsize < 4:
             flat = flat.astype(np.float32)
-        finite_mask = np.isfinite(flat)
-        if not finite_mask.all():
+        if flat.size == 0:
+            return
+        magnitudes = np.abs(flat)
+        batch_max = magnitudes.max()
+        if not np.isfinite(batch_max):
+            finite_mask = np.isfinite(flat)
             nonfinite = flat[~finite_mask]
             nan = int(np.isnan(nonfinite).sum())
             self.nan_count += nan
             self.inf_count += int(nonfinite.size - nan)
-            flat = flat[finite_mask]
-        if flat.size == 0:
-            return
+            flat, magnitudes = flat[finite_mask], magnitudes[finite_mask]
+            if flat.size == 0:
+                return
+            batch_max = magnitudes.max()
+        batch_max = float(batch_max)
         self.min_value = min(self.min_value, float(flat.min()))
         self.max_value = max(self.max_value, float(flat.max()))
-        magnitudes = np.abs(flat)
-        batch_max = float(magnitudes.max())
         self.max_abs = max(self.max_abs, batch_max)
         exponent = max(self.exponent, range_exponent(batch_max))
         self._rebin(exponent)
@@ -101,11 +110,13 @@ class TensorHistogram:
             self.counts[0] += magnitudes.size
             return
         # Exact: a power-of-two scale, and every |x| < 2**exponent so the index is < bins.
-        shift = int(np.log2(self.bins)) - exponent
-        index = np.ldexp(magnitudes, shift).astype(np.int64)
-        self.counts += np.bincount(index, minlength=self.bins)
+        scale_exponent = int(np.log2(self.bins)) - exponent
+        if magnitudes.dtype == np.float32 and not -126 <= scale_exponent <= 127:
+            magnitudes = magnitudes.astype(np.float64)  # the scale itself must be representable
+        np.multiply(magnitudes, magnitudes.dtype.type(2.0 ** scale_exponent), out=magnitudes)
+        self.counts += np.bincount(magnitudes.astype(np.intp), minlength=self.bins)
 
-    def merge(self, other: "TensorHistogram") -> None:
+    def merge(self, other: TensorHistogram) -> None:
         """Fold another histogram of the same tensor in (as if its values had been seen here)."""
         if other.bins != self.bins:
             raise ValueError(f"cannot merge histograms of {self.bins} and {other.bins} bins")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class Preprocess:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Preprocess":
+    def from_file(cls, path: str | Path) -> Preprocess:
         """Read a small JSON config: {"resize": [h, w], "scale": 0.0039, "mean": [...], ...}."""
         try:
             config = json.loads(Path(path).read_text())
@@ -241,7 +242,7 @@ class DataFingerprint:
             self.value = (self.value + int.from_bytes(digest.digest(), "big")) % self.MODULUS
             self.count += 1
 
-    def merge(self, other: "DataFingerprint") -> None:
+    def merge(self, other: DataFingerprint) -> None:
         self.value = (self.value + other.value) % self.MODULUS
         self.count += other.count
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 
@@ -40,10 +40,10 @@ class Statistics:
     bins: int = DEFAULT_BINS
 
     @classmethod
-    def empty(cls, model_sha256: str, names: Iterable[str], bins: int = DEFAULT_BINS) -> "Statistics":
+    def empty(cls, model_sha256: str, names: Iterable[str], bins: int = DEFAULT_BINS) -> Statistics:
         return cls(model_sha256, {name: TensorHistogram(bins) for name in names}, bins=bins)
 
-    def merge(self, other: "Statistics") -> None:
+    def merge(self, other: Statistics) -> None:
         """Fold in statistics of other samples of the same model."""
         if other.model_sha256 != self.model_sha256:
             raise StatisticsError(
@@ -91,7 +91,7 @@ class Statistics:
         return write_bytes_atomic(path, self.to_bytes())
 
     @classmethod
-    def load(cls, path: str | Path) -> "Statistics":
+    def load(cls, path: str | Path) -> Statistics:
         path = Path(path)
         try:
             with zipfile.ZipFile(path) as archive:

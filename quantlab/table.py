@@ -52,7 +52,8 @@ class CalibrationTable:
             "params": self.params,
             "provenance": self.provenance,
             "activations": {
-                name: {"amax": amax, "scale": scales[name], **({"note": self.notes[name]} if name in self.notes else {})}
+                name: {"amax": amax, "scale": scales[name],
+                       **({"note": self.notes[name]} if name in self.notes else {})}
                 for name, amax in self.activations.items()
             },
             "weights": {
@@ -71,7 +72,7 @@ class CalibrationTable:
         return write_text_atomic(path, self.to_json())
 
     @classmethod
-    def from_dict(cls, data: dict, source: str = "table") -> "CalibrationTable":
+    def from_dict(cls, data: dict, source: str = "table") -> CalibrationTable:
         if data.get("format") != FORMAT:
             raise CacheFormatError(f"{source} is not a quantlab calibration table")
         if data.get("version") != VERSION:
@@ -89,7 +90,7 @@ class CalibrationTable:
                    data.get("provenance", {}), notes)
 
     @classmethod
-    def load(cls, path: str | Path) -> "CalibrationTable":
+    def load(cls, path: str | Path) -> CalibrationTable:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

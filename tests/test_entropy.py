@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from calibrators.entropy import EntropyCalibrator
-from entropy_reference import reference_entropy_amax
 from quantlab import get_calibrator
 from quantlab.histogram import TensorHistogram
+
+from entropy_reference import reference_entropy_amax
 
 RNG = np.random.default_rng(1234)
 
@@ -43,7 +44,8 @@ CASES = {
     "uniform": lambda: histogram_of(RNG.uniform(-1, 1, size=50_000)),
     "bimodal": lambda: histogram_of(np.concatenate([RNG.normal(0, 0.1, 90_000), RNG.normal(5, 0.5, 10_000)])),
     "outlier_far_right": lambda: histogram_of(np.concatenate([RNG.normal(size=50_000), [900.0]])),
-    "bins_past_last_nonempty": lambda: (np.concatenate([RNG.integers(1, 50, 300), np.zeros(1748, int)]), linear_edges()),
+    "bins_past_last_nonempty": lambda: (
+        np.concatenate([RNG.integers(1, 50, 300), np.zeros(1748, int)]), linear_edges()),
 }
 
 

@@ -1,0 +1,139 @@
+"""Dataset adapters and preprocessing, on the embedded real Fashion-MNIST images."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from quantlab import defaults
+from quantlab.data import ArrayDataset, CallableDataset, IdxDataset, ImageFolderDataset, read_idx
+from quantlab.errors import DataError
+from quantlab.graph import load_model
+from quantlab.plugins import detect_dataset_adapter, list_dataset_adapters
+from quantlab.preprocess import (
+    DataFingerprint,
+    Preprocess,
+    iterate_batches,
+    prepare,
+    select_indices,
+)
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return load_model(defaults.MODEL).inputs[0]
+
+
+def test_builtin_adapters_are_registered_as_entry_points():
+    assert {"images", "npy", "idx", "callable"} <= {i.name for i in list_dataset_adapters()}
+
+
+def test_idx_adapter_reads_images_and_the_sibling_labels():
+    data = IdxDataset(defaults.CALIBRATION_DATA)
+    image, label = data[0]
+    assert len(data) == 512 and image.shape == (28, 28) and image.dtype == np.uint8
+    assert 0 <= label <= 9
+
+
+def test_idx_reads_uncompressed_files_too(tmp_path):
+    plain = tmp_path / "x-images-idx3-ubyte"
+    plain.write_bytes(gzip.decompress(defaults.CALIBRATION_DATA.read_bytes()))
+    assert np.array_equal(read_idx(plain), IdxDataset(defaults.CALIBRATION_DATA).images)
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    raw = gzip.decompress(defaults.CALIBRATION_DATA.read_bytes())
+    broken = tmp_path / "broken-images-idx3-ubyte"
+    broken.write_bytes(raw[:-100])
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(broken)
+
+
+def test_image_folder_with_class_subfolders_gives_sorted_class_labels(tmp_path, calib_images):
+    for cls, start in (("bag", 0), ("coat", 3)):
+        (tmp_path / cls).mkdir()
+        for k in range(3):
+            Image.fromarray(calib_images[start + k]).save(tmp_path / cls / f"{k}.png")
+    data = ImageFolderDataset(tmp_path, channels=1)
+    assert len(data) == 6 and data.classes == ["bag", "coat"]
+    image, label = data[4]
+    assert label == 1 and np.array_equal(image, calib_images[4])
+
+
+def test_empty_image_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="no images"):
+        ImageFolderDataset(tmp_path)
+
+
+def test_npz_adapter_takes_x_and_y(tmp_path, calib_images):
+    np.savez(tmp_path / "d.npz", x=calib_images[:10], y=np.arange(10))
+    data = ArrayDataset(tmp_path / "d.npz")
+    assert len(data) == 10 and data[3][1] == 3
+
+
+def test_callable_adapter_loads_module_function(tmp_path, calib_images):
+    np.save(tmp_path / "imgs.npy", calib_images[:5])
+    (tmp_path / "loader.py").write_text(
+        "import numpy as np, pathlib\n"
+        "def samples():\n"
+        f"    return [(im, 1) for im in np.load(pathlib.Path({str(tmp_path)!r}) / 'imgs.npy')]\n")
+    data = CallableDataset(f"{tmp_path / 'loader.py'}:samples")
+    assert len(data) == 5 and data[0][1] == 1
+
+
+def test_detection_picks_the_adapter_from_the_source(tmp_path, calib_images):
+    np.save(tmp_path / "a.npy", calib_images[:2])
+    assert detect_dataset_adapter(str(tmp_path / "a.npy")) is ArrayDataset
+    assert detect_dataset_adapter(str(defaults.CALIBRATION_DATA)) is IdxDataset
+    assert detect_dataset_adapter("some.module:function") is CallableDataset
+    with pytest.raises(DataError, match="cannot tell"):
+        detect_dataset_adapter(str(tmp_path / "missing.bin"))
+
+
+def test_uint8_images_are_scaled_to_unit_range_in_nchw(spec, calib_images):
+    x = prepare(calib_images[0], spec, Preprocess())
+    assert x.shape == (1, 28, 28) and x.dtype == np.float32
+    assert np.allclose(x[0], calib_images[0] / 255.0)
+
+
+def test_mean_and_std_apply_after_scaling(spec, calib_images):
+    x = prepare(calib_images[0], spec, Preprocess(mean=(0.5,), std=(0.25,)))
+    assert np.allclose(x[0], (calib_images[0] / 255.0 - 0.5) / 0.25, atol=1e-6)
+
+
+def test_resize_makes_larger_images_fit(spec, calib_images):
+    big = np.asarray(Image.fromarray(calib_images[0]).resize((56, 56)))
+    assert prepare(big, spec, Preprocess(resize=(28, 28))).shape == (1, 28, 28)
+
+
+def test_wrong_image_size_says_how_to_fix_it(spec):
+    with pytest.raises(DataError, match="--resize 28 28"):
+        prepare(np.zeros((32, 32), np.uint8), spec, Preprocess())
+
+
+def test_misshaped_array_is_a_clear_error(spec):
+    with pytest.raises(DataError, match="wants"):
+        prepare(np.zeros((5,), np.float32), spec, Preprocess())
+
+
+def test_sample_selection_is_seeded_sorted_and_bounded():
+    a = select_indices(100, 10, seed=3)
+    assert np.array_equal(a, select_indices(100, 10, seed=3)) and np.all(np.diff(a) > 0)
+    assert not np.array_equal(a, select_indices(100, 10, seed=4))
+    assert len(select_indices(5, 10, seed=0)) == 5
+    with pytest.raises(DataError, match="empty"):
+        select_indices(0, None, 0)
+
+
+def test_fingerprint_ignores_order_and_batching(spec):
+    data = IdxDataset(defaults.CALIBRATION_DATA)
+    order = np.arange(20)
+    one, two = DataFingerprint(), DataFingerprint()
+    for batch in iterate_batches(data, order, [spec], Preprocess(), 20):
+        one.add(batch.inputs)
+    for batch in iterate_batches(data, order[::-1].copy(), [spec], Preprocess(), 3):
+        two.add(batch.inputs)
+    assert one.hexdigest == two.hexdigest and one.count == two.count == 20
