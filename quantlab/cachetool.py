@@ -151,7 +151,8 @@ def diff_ranges(a: RangeFile, b: RangeFile, top: int = 10, tolerance: float = 0.
         "common": len(common),
         "only_in_a": [n for n in a.amax if n not in b.amax],
         "only_in_b": [n for n in b.amax if n not in a.amax],
-        "identical": sum(1 for r in rows if r[1] == r[2]),
+        # Identical means the same float32 scale: what TensorRT would use.
+        "identical": sum(1 for r in rows if np.float32(r[1] / 127) == np.float32(r[2] / 127)),
         "differing_beyond_tolerance": len(differing),
         "tolerance": tolerance,
         "ratio_b_over_a": {
