@@ -158,8 +158,58 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("-o", "--output", required=True, metavar="FILE")
     mrg.set_defaults(func=cmd_merge_stats)
 
+    qdq = sub.add_parser("export-qdq", help="write a Q/DQ ONNX model (TensorRT 10/11 explicit INT8) "
+                         "from any cache or table",
+                         description="Insert QuantizeLinear/DequantizeLinear nodes from a calibration "
+                                     "cache or table of any format (TensorRT cache of any vintage, ONNX "
+                                     "Runtime table, quantlab table): the path from a legacy cache to a "
+                                     "TensorRT 11 engine.")
+    qdq.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    qdq.add_argument("--cache", required=True, metavar="FILE", help="ranges: cache or table, any format")
+    qdq.add_argument("-o", "--output", required=True, metavar="ONNX", help="Q/DQ model to write")
+    qdq.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep this node in float")
+    qdq.add_argument("--exclude-op", action="append", default=[], metavar="TYPE",
+                     help="keep every node of this op type in float (e.g. Gemm)")
+    qdq.add_argument("--allow-missing", action="store_true",
+                     help="leave quantizable tensors without a range in float instead of failing")
+    qdq.add_argument("--json", action="store_true", help="machine-readable report")
+    qdq.set_defaults(func=cmd_export_qdq)
+
     _add_cache_commands(sub)
     return parser
+
+
+def cmd_export_qdq(args: argparse.Namespace) -> int:
+    from .atomic import check_writable, write_bytes_atomic
+    from .qdq import export_qdq
+
+    check_writable(args.output)
+    graph = resolve_model(args.model)
+    ranges = read_ranges(args.cache)
+    weights = None
+    if ranges.format == "quantlab":
+        table = ranges.extra["table"]
+        table.check_model(graph.sha256, graph.activations)
+        weights = table.weights
+    model, report = export_qdq(graph, ranges.amax, weights, exclude_nodes=args.exclude_node,
+                               exclude_ops=args.exclude_op, require_all=not args.allow_missing)
+    write_bytes_atomic(args.output, model.SerializeToString())
+    data = {"output": str(args.output), "cache": str(args.cache), "cache_format": ranges.format,
+            "quantized_activations": len(report.quantized_activations),
+            "quantized_weights": len(report.quantized_weights),
+            "unmatched_ranges": report.unmatched_ranges, "missing_ranges": report.missing_ranges,
+            "skipped_nodes": report.skipped_nodes}
+    text = [f"wrote {args.output}: Q/DQ on {len(report.quantized_activations)} activations and "
+            f"{len(report.quantized_weights)} weights (per channel), ranges from {ranges.format} {args.cache}"]
+    if report.unmatched_ranges:
+        text.append(f"  {len(report.unmatched_ranges)} cache entries match no tensor of the model: "
+                    + ", ".join(report.unmatched_ranges[:5]) + (" ..." if len(report.unmatched_ranges) > 5 else ""))
+    if report.missing_ranges:
+        text.append(f"  {len(report.missing_ranges)} quantizable tensors had no range and stay in float")
+    if report.skipped_nodes:
+        text.append(f"  {len(report.skipped_nodes)} nodes left in float on request")
+    _emit(args, data, "\n".join(text))
+    return 0
 
 
 EPILOG_CACHE = """\

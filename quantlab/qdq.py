@@ -1,0 +1,206 @@
+"""Q/DQ ONNX export: the ranges of any cache or table as explicit quantization for TensorRT 10/11.
+
+TensorRT 11 builds INT8 only from QuantizeLinear/DequantizeLinear pairs in the graph. This
+module writes them from an amax per activation tensor (from a quantlab table, a TensorRT cache
+of any vintage or an ONNX Runtime table):
+
+* activations: a per-tensor int8 Q -> DQ pair (zero point 0, scale = float32(amax / 127)) on
+  each input of the compute-heavy ops (Conv, ConvTranspose, Gemm, MatMul), inserted once per
+  tensor and shared by all its quantized consumers;
+* weights: int8 initializers with a per-output-channel DequantizeLinear (axis per op, see
+  :mod:`quantlab.graph`), max |w| per channel, bias left in float.
+
+This is the placement ModelOpt uses for TensorRT (the inputs of compute-heavy ops); Q/DQ on
+residual Add inputs is not written yet. Names the ranges hold that match no tensor of the model,
+and quantizable tensors with no range, are reported, never dropped silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import QuantlabError
+from .graph import ModelGraph
+from .weights import WeightRange, per_channel_amax
+
+
+@dataclass
+class QdqReport:
+    """What the export did: which ranges it used and what it could not match."""
+
+    quantized_activations: list[str] = field(default_factory=list)
+    quantized_weights: list[str] = field(default_factory=list)
+    unmatched_ranges: list[str] = field(default_factory=list)  # in the ranges, not in the model
+    missing_ranges: list[str] = field(default_factory=list)  # quantizable, but no range given
+    skipped_nodes: list[str] = field(default_factory=list)  # left in float by request
+
+
+def export_qdq(graph: ModelGraph, amax: dict[str, float],
+               weights: Optional[dict[str, WeightRange]] = None, *,
+               exclude_nodes: Iterable[str] = (), exclude_ops: Iterable[str] = (),
+               require_all: bool = True) -> tuple[onnx.ModelProto, QdqReport]:
+    """A copy of the model with Q/DQ nodes from ``amax`` (and per-channel weight ranges).
+
+    ``weights`` defaults to max |w| per output channel computed from the model itself (a
+    TensorRT cache carries no weight ranges). With ``require_all`` a quantizable tensor without
+    a range is an error naming it; otherwise it stays in float and is reported.
+    """
+    model = onnx.ModelProto()
+    model.CopyFrom(graph.model)
+    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
+    if opset < 13:
+        raise QuantlabError(f"per-channel Q/DQ needs ONNX opset 13 or later; the model has opset {opset}")
+    report = QdqReport()
+    activation_set = set(graph.activations)
+    report.unmatched_ranges = [name for name in amax if name not in activation_set]
+    excluded_nodes, excluded_ops = set(exclude_nodes), set(exclude_ops)
+    initializers = {init.name: init for init in model.graph.initializer}
+    weight_specs = {(spec.node, spec.name): spec for spec in graph.weights}
+
+    targets: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in model.graph.node:
+        if node.op_type not in {"Conv", "ConvTranspose", "Gemm", "MatMul"}:
+            continue
+        if node.name in excluded_nodes or node.op_type in excluded_ops:
+            report.skipped_nodes.append(node.name or node.output[0])
+            continue
+        for index, name in enumerate(node.input[:2]):
+            if name in activation_set:
+                targets.setdefault(name, []).append((node, index))
+
+    missing = [name for name in targets if name not in amax]
+    if missing and require_all:
+        raise QuantlabError(
+            f"{len(missing)} quantizable tensor(s) have no range in the cache, e.g. {missing[:3]}; "
+            f"{len(report.unmatched_ranges)} cache entries match no tensor of this model. Is the "
+            "cache for this model? (quantlab cache lint CACHE --model MODEL shows the mismatch)"
+        )
+    report.missing_ranges = missing
+
+    new_nodes: dict[str, list[onnx.NodeProto]] = {}  # inserted after the producer of the key
+    for name, consumers in targets.items():
+        if name not in amax:
+            continue
+        value = float(amax[name])
+        if not (np.isfinite(value) and value > 0):
+            raise QuantlabError(f"range of {name!r} is {value}: a Q/DQ scale must be finite and positive")
+        scale = np.float32(value / 127.0)
+        base = _safe(name)
+        model.graph.initializer.extend([
+            numpy_helper.from_array(np.array(scale, dtype=np.float32), f"{base}_scale"),
+            numpy_helper.from_array(np.array(0, dtype=np.int8), f"{base}_zero_point"),
+        ])
+        quantized, dequantized = f"{base}_quantized", f"{base}_dequantized"
+        new_nodes.setdefault(name, []).extend([
+            helper.make_node("QuantizeLinear", [name, f"{base}_scale", f"{base}_zero_point"], [quantized],
+                             name=f"{base}_QuantizeLinear"),
+            helper.make_node("DequantizeLinear", [quantized, f"{base}_scale", f"{base}_zero_point"],
+                             [dequantized], name=f"{base}_DequantizeLinear"),
+        ])
+        for node, index in consumers:
+            node.input[index] = dequantized
+        report.quantized_activations.append(name)
+
+    done: dict[str, str] = {}
+    for node in model.graph.node:
+        if node.op_type not in {"Conv", "ConvTranspose", "Gemm", "MatMul"} or len(node.input) < 2:
+            continue
+        if node.name in excluded_nodes or node.op_type in excluded_ops:
+            continue
+        weight = node.input[1]
+        spec = weight_specs.get((node.name, weight))
+        if spec is None or weight not in initializers:
+            continue
+        if weight not in done:
+            w = numpy_helper.to_array(initializers[weight]).astype(np.float32)
+            channel_amax = (weights[weight].amax if weights and weight in weights
+                            else per_channel_amax(w, spec.axis))
+            done[weight] = _quantize_weight(model, weight, w, np.asarray(channel_amax, np.float64), spec.axis)
+            report.quantized_weights.append(weight)
+        node.input[1] = done[weight]
+
+    _insert_after_producers(model, new_nodes)
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)  # the float weights now live as int8 copies
+    model.graph.ClearField("value_info")
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise QuantlabError(f"the Q/DQ model fails onnx.checker: {str(exc).splitlines()[0]}") from exc
+    return model, report
+
+
+def _quantize_weight(model: onnx.ModelProto, name: str, w: np.ndarray, channel_amax: np.ndarray, axis: int) -> str:
+    """Add an int8 copy of weight ``name`` and its per-channel DequantizeLinear; return its output."""
+    axis = axis % w.ndim
+    if channel_amax.shape != (w.shape[axis],):
+        raise QuantlabError(f"weight {name!r}: {channel_amax.shape[0]} channel ranges for {w.shape[axis]} channels")
+    # An all-zero channel has no range; any scale represents its zeros exactly, so use amax 1.
+    safe = np.where(channel_amax > 0, channel_amax, 1.0)
+    scales = (safe / 127.0).astype(np.float32)
+    shape = [1] * w.ndim
+    shape[axis] = -1
+    q = np.clip(np.rint(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    base = _safe(name)
+    model.graph.initializer.extend([
+        numpy_helper.from_array(q, f"{base}_int8"),
+        numpy_helper.from_array(scales, f"{base}_weight_scale"),
+        numpy_helper.from_array(np.zeros(len(scales), dtype=np.int8), f"{base}_weight_zero_point"),
+    ])
+    output = f"{base}_weight_dequantized"
+    model.graph.node.append(helper.make_node(
+        "DequantizeLinear", [f"{base}_int8", f"{base}_weight_scale", f"{base}_weight_zero_point"], [output],
+        name=f"{base}_weight_DequantizeLinear", axis=axis))
+    return output
+
+
+def _insert_after_producers(model: onnx.ModelProto, new_nodes: dict[str, list[onnx.NodeProto]]) -> None:
+    """Rebuild the node list in a valid topological order with the new nodes in place."""
+    graph_inputs = {i.name for i in model.graph.input}
+    nodes = list(model.graph.node)
+    ordered: list[onnx.NodeProto] = []
+    for name in new_nodes:
+        if name in graph_inputs:
+            ordered += new_nodes[name]
+    weight_dq = [n for n in nodes if n.op_type == "DequantizeLinear" and n.name.endswith("_weight_DequantizeLinear")]
+    ordered += weight_dq
+    for node in nodes:
+        if node in weight_dq:
+            continue
+        ordered.append(node)
+        for output in node.output:
+            ordered += new_nodes.get(output, [])
+    del model.graph.node[:]
+    model.graph.node.extend(ordered)
+
+
+def _safe(name: str) -> str:
+    return name.strip("/").replace("/", "_").replace(":", "_").replace(" ", "_") or "tensor"
+
+
+def integer_ops(model_bytes: bytes) -> dict[str, int]:
+    """Op types of ONNX Runtime's optimised graph for a Q/DQ model (QLinear*/Integer ops mean real
+    INT8 kernels; only Q/DQ around float ops means simulated quantization)."""
+    import tempfile
+
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory() as folder:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = f"{folder}/optimized.onnx"
+        options.log_severity_level = 3
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(f"{folder}/optimized.onnx")
+    counts: dict[str, int] = {}
+    for node in optimized.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
