@@ -24,7 +24,7 @@ from .ortables import (
     parse_ort_flatbuffers,
     parse_ort_json,
 )
-from .trtcache import TrtCache, make_header, parse_trt_cache, write_trt_cache
+from .trtcache import TrtCache, make_header, parse_trt_cache, read_cache_bytes, write_trt_cache
 
 FORMATS = ("trt", "ort-flatbuffers", "ort-cache", "ort-json", "quantlab")
 DESCRIPTIONS = {
@@ -88,14 +88,7 @@ def parse_ranges(data: bytes, source: str = "file") -> RangeFile:
 
 
 def read_ranges(path: str | Path) -> RangeFile:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CacheFormatError(f"{path} does not exist") from exc
-    except OSError as exc:
-        raise CacheFormatError(f"cannot read {path}: {exc.strerror}") from exc
-    return parse_ranges(data, str(path))
+    return parse_ranges(read_cache_bytes(path), str(path))
 
 
 def write_ranges(path: str | Path, fmt: str, amax: dict[str, float], *,

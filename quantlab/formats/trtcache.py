@@ -153,12 +153,19 @@ def parse_trt_cache(text: str, source: str = "cache") -> TrtCache:
     return TrtCache(header, scales, newline, final_newline)
 
 
-def read_trt_cache(path: str | Path) -> TrtCache:
+def read_cache_bytes(path: str | Path) -> bytes:
+    """The bytes of a cache file; a missing or unreadable file is a CacheFormatError."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        return path.read_bytes()
+    except FileNotFoundError as exc:
+        raise CacheFormatError(f"{path} does not exist") from exc
     except OSError as exc:
         raise CacheFormatError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def read_trt_cache(path: str | Path) -> TrtCache:
+    raw = read_cache_bytes(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
