@@ -68,3 +68,15 @@ def check_writable(path: PathLike) -> None:
         raise QuantlabError(f"cannot write {target}: it is a folder (give a file name)")
     if not os.access(folder, os.W_OK):
         raise QuantlabError(f"cannot write {target}: folder {folder} is not writable")
+
+
+def prepare_folder(path: PathLike) -> Path:
+    """Create an output folder (and its parents) up front, so a bad path fails before long work."""
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise QuantlabError(f"cannot create folder {folder}: {exc.strerror}") from exc
+    if not os.access(folder, os.W_OK):
+        raise QuantlabError(f"folder {folder} is not writable")
+    return folder

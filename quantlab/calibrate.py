@@ -162,7 +162,7 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
     provenance = {
         "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None},
         "data": {"fingerprint": stats.fingerprint.hexdigest, "num_samples": stats.num_samples,
-                 "histogram_bins": stats.bins},
+                 "histogram_bins": stats.bins, "sample_digests": stats.fingerprint.sample_digests()},
         "versions": versions(),
         "created": timestamp(),
     }

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, defaults
+from .atomic import check_writable, prepare_folder
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
 from .calibrate import DataSpec, calibrate, collect_statistics, resolve_model
 from .errors import QuantlabError
@@ -26,6 +26,7 @@ from .graph import load_model
 from .histogram import DEFAULT_BINS
 from .plugins import list_calibrators, list_dataset_adapters
 from .preprocess import Preprocess
+from .report import jsonable
 from .statistics import merge_files
 
 EPILOG_CALIBRATE = """\
@@ -49,9 +50,9 @@ amax and provenance.
 """
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str] = None) -> None:
     group = parser.add_argument_group("data")
-    group.add_argument("--data", metavar="PATH", help="calibration data (default: the embedded "
+    group.add_argument("--data", metavar="PATH", help=data_help or "calibration data (default: the embedded "
                        "Fashion-MNIST calibration images when no model is given)")
     group.add_argument("--data-format", metavar="NAME", help="force a dataset adapter "
                        "(see --list-formats); detected from PATH by default")
@@ -175,12 +176,118 @@ def build_parser() -> argparse.ArgumentParser:
     qdq.add_argument("--json", action="store_true", help="machine-readable report")
     qdq.set_defaults(func=cmd_export_qdq)
 
+    cmp_ = sub.add_parser("compare", help="FP32 vs INT8 (Q/DQ in ONNX Runtime) on held-out data, with a report",
+                          description="Build the Q/DQ model from a cache or table, run it next to the FP32 "
+                                      "model on held-out data and report accuracy, output fidelity, the "
+                                      "worst layers, size, latency and whether integer kernels ran.",
+                          epilog="examples:\n  quantlab compare model.onnx --cache model.cache --data heldout/ "
+                                 "--report reports/model\n  quantlab compare      # embedded model, after "
+                                 "'quantlab calibrate'", formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmp_.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    cmp_.add_argument("--cache", metavar="FILE", help="ranges (any format; default for the embedded "
+                      "model: ./fashion_mnist_cnn.cache from 'quantlab calibrate')")
+    cmp_.add_argument("--report", metavar="DIR", help="write report.md/.html/.json and plots here")
+    cmp_.add_argument("--output", action="append", default=[], metavar="NAME",
+                      help="model output to compare (repeatable; default: all)")
+    cmp_.add_argument("--worst", type=int, default=10, help="how many worst tensors to list (default 10)")
+    cmp_.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep in float")
+    cmp_.add_argument("--exclude-op", action="append", default=[], metavar="TYPE", help="keep in float")
+    cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
+    cmp_.set_defaults(func=cmd_compare)
+
+    swp = sub.add_parser("sweep", help="calibrate with every method, evaluate each, rank them",
+                         description="Collect statistics once, calibrate max, entropy, percentile 99.9/99.99/"
+                                     "99.999 and mse on them, evaluate each Q/DQ model on held-out data and "
+                                     "rank them.",
+                         epilog="example:\n  quantlab sweep model.onnx --data calib/ --eval-data heldout/ "
+                                "--report reports/model-sweep --pick best",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    swp.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    swp.add_argument("--eval-data", metavar="PATH", help="held-out data (default for the embedded model: its "
+                     "held-out set)")
+    swp.add_argument("--eval-num-samples", type=int, metavar="N", help="use N held-out samples (default: all)")
+    swp.add_argument("--report", metavar="DIR", help="write the ranking report here")
+    swp.add_argument("--pick", choices=["best"], help="write the winner's cache, table and Q/DQ model "
+                     "into the report folder")
+    swp.add_argument("--output", action="append", default=[], metavar="NAME", help="model output to rank on")
+    swp.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
+                     help="TensorRT version in the picked cache's header")
+    swp.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
+    swp.add_argument("--zero-amax", type=float, metavar="VALUE", help="as for calibrate")
+    swp.add_argument("--json", action="store_true", help="print the JSON result")
+    _add_data_arguments(swp)
+    swp.set_defaults(func=cmd_sweep)
+
     _add_cache_commands(sub)
     return parser
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .accuracy import compare
+
+    cache = args.cache
+    if cache is None:
+        if args.model is not None:
+            raise QuantlabError("compare needs --cache for a model of your own")
+        cache = "fashion_mnist_cnn.cache"
+        if not Path(cache).exists():
+            raise QuantlabError("no ./fashion_mnist_cnn.cache here: run 'quantlab calibrate' first, or pass --cache")
+    if args.report:
+        prepare_folder(args.report)
+    result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
+                     worst=args.worst, exclude_nodes=args.exclude_node, exclude_ops=args.exclude_op,
+                     providers=args.provider, progress=not args.quiet)
+    data = result.data
+    lines = [f"compared on {data['data']['samples']} held-out samples "
+             f"(ranges: {data['ranges']['format']} {data['ranges']['file']})"]
+    for o in data["outputs"]:
+        parts = [f"{label} {o[key]:.4f}" for label, key in (
+            ("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("agreement", "top1_agreement"),
+            ("cosine", "cosine_similarity"), ("SQNR dB", "sqnr_db")) if key in o]
+        lines.append(f"  {o['output']}: " + ", ".join(parts))
+    if data["worst_tensors"]:
+        worst = data["worst_tensors"][0]
+        lines.append(f"  worst tensor: {worst['tensor']} ({worst['sqnr_db']:.1f} dB)")
+    lines.append(f"  latency batch 1: FP32 {data['latency']['fp32_ms']:.3f} ms, "
+                 f"INT8 {data['latency']['int8_ms']:.3f} ms")
+    lines.append(f"  execution: {data['execution']['verdict']}")
+    lines += [f"  {note}" for note in data["notes"]]
+    if args.report:
+        lines.append(f"  report: {args.report}/report.md (.html, .json)")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .accuracy import sweep
+
+    if args.eval_data is None and args.model is not None:
+        raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
+    if args.report:
+        prepare_folder(args.report)
+    calib = _data_spec(args)
+    heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
+                       args.batch_size, args.seed)
+    data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
+                 trt_version=_version_arg(args.trt_version), providers=args.provider,
+                 allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax, progress=not args.quiet)
+    lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
+    for r in data["results"]:
+        parts = [f"{label} {r[key]:.4f}" for label, key in (
+            ("top-1", "int8_top1"), ("agreement", "top1_agreement"), ("SQNR dB", "sqnr_db")) if key in r]
+        lines.append(f"  {r['rank']}. {r['method']:24s} " + ", ".join(parts))
+    lines += [f"  {note}" for note in data["notes"]]
+    if "picked" in data:
+        lines.append(f"  picked {data['picked']['method']}: {data['picked']['cache']}, {data['picked']['qdq_model']}")
+    if args.report:
+        lines.append(f"  report: {args.report}/report.md (.html, .json)")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_export_qdq(args: argparse.Namespace) -> int:
-    from .atomic import check_writable, write_bytes_atomic
+    from .atomic import write_bytes_atomic
     from .qdq import export_qdq
 
     check_writable(args.output)
@@ -262,17 +369,7 @@ def _add_cache_commands(sub) -> None:
 
 
 def _emit(args: argparse.Namespace, data: dict, text: str) -> None:
-    print(json.dumps(_jsonable(data), indent=1) if args.json else text)
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
+    print(json.dumps(jsonable(data), indent=1) if args.json else text)
 
 
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
@@ -397,7 +494,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-    from .atomic import check_writable
 
     check_writable(args.output)
     stats = collect_statistics(args.model, _data_spec(args), bins=args.bins,
@@ -409,7 +505,6 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 
 def cmd_merge_stats(args: argparse.Namespace) -> int:
-    from .atomic import check_writable
 
     check_writable(args.output)
     merged = merge_files(args.inputs)

@@ -222,14 +222,17 @@ class DataFingerprint:
     """An order-independent fingerprint of the samples a model saw.
 
     The sum (mod 2**256) of each sample's SHA-256 does not depend on order or batching, and
-    fingerprints of shards add up to the fingerprint of their union.
+    fingerprints of shards add up to the fingerprint of their union. A short digest per sample
+    is kept too (sorted, so order-free), to warn when held-out data overlaps calibration data.
     """
 
     MODULUS = 1 << 256
+    SHORT = 12  # hex characters per sample digest (48 bits)
 
-    def __init__(self, value: int = 0, count: int = 0):
+    def __init__(self, value: int = 0, count: int = 0, samples: Optional[list] = None):
         self.value = value
         self.count = count
+        self.samples: list[str] = list(samples or [])
 
     def add(self, batch: dict) -> None:
         names = sorted(batch)
@@ -241,10 +244,15 @@ class DataFingerprint:
                 digest.update(sample.tobytes())
             self.value = (self.value + int.from_bytes(digest.digest(), "big")) % self.MODULUS
             self.count += 1
+            self.samples.append(digest.hexdigest()[: self.SHORT])
 
     def merge(self, other: DataFingerprint) -> None:
         self.value = (self.value + other.value) % self.MODULUS
         self.count += other.count
+        self.samples.extend(other.samples)
+
+    def sample_digests(self) -> list[str]:
+        return sorted(self.samples)
 
     @property
     def hexdigest(self) -> str:

@@ -68,6 +68,7 @@ class Statistics:
             "num_samples": self.num_samples,
             "data_fingerprint": self.fingerprint.hexdigest,
             "tensors": names,
+            "sample_digests": self.fingerprint.sample_digests(),
         }
         arrays = {
             "counts": np.stack([h.counts for h in hists]) if hists else np.zeros((0, self.bins), np.int64),
@@ -121,7 +122,8 @@ class Statistics:
                 nan_count=int(arrays["nan_count"][row]),
                 inf_count=int(arrays["inf_count"][row]),
             )
-        fingerprint = DataFingerprint(int(meta["data_fingerprint"], 16), meta["num_samples"])
+        fingerprint = DataFingerprint(int(meta["data_fingerprint"], 16), meta["num_samples"],
+                                      meta.get("sample_digests", []))
         return cls(meta["model_sha256"], tensors, meta["num_samples"], fingerprint, meta["bins"])
 
 
