@@ -94,7 +94,7 @@ class CompareResult:
 
 def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: Optional[DataSpec] = None, *,
             report: Optional[Union[str, Path]] = None, outputs: Sequence[str] = (), worst: int = 10,
-            exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (),
+            exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (), placement: str = "compute",
             providers: Optional[Sequence[str]] = None, progress: bool = True) -> CompareResult:
     """FP32 vs the Q/DQ model built from ``cache`` on held-out ``data``; optionally write a report."""
     graph = resolve_model(model)
@@ -108,7 +108,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
     qdq_model, qdq_report = export_qdq(graph, ranges.amax, weights, exclude_nodes=exclude_nodes,
-                                       exclude_ops=exclude_ops)
+                                       exclude_ops=exclude_ops, placement=placement)
     qdq_bytes = qdq_model.SerializeToString()
     output_names = _outputs(graph, outputs)
     inputs = {s.name for s in graph.inputs}
@@ -135,7 +135,8 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         "kind": "compare",
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256,
                   "size_bytes": fp32_size},
-        "int8_model": {"size_bytes": len(qdq_bytes), "quantized_activations": len(qdq_report.quantized_activations),
+        "int8_model": {"size_bytes": len(qdq_bytes), "placement": placement,
+                       "quantized_activations": len(qdq_report.quantized_activations),
                        "quantized_weights": len(qdq_report.quantized_weights),
                        "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},
         "ranges": {"file": ranges.source, "format": ranges.format, "method": ranges.extra.get("method")

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     qdq.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep this node in float")
     qdq.add_argument("--exclude-op", action="append", default=[], metavar="TYPE",
                      help="keep every node of this op type in float (e.g. Gemm)")
+    qdq.add_argument("--placement", choices=["compute", "residual"], default="compute",
+                     help="compute: inputs of Conv/Gemm/MatMul (default); residual: also the skip input "
+                     "of Conv+Add residuals, for TensorRT's INT8 residual fusion")
     qdq.add_argument("--allow-missing", action="store_true",
                      help="leave quantizable tensors without a range in float instead of failing")
     qdq.add_argument("--json", action="store_true", help="machine-readable report")
@@ -192,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--worst", type=int, default=10, help="how many worst tensors to list (default 10)")
     cmp_.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep in float")
     cmp_.add_argument("--exclude-op", action="append", default=[], metavar="TYPE", help="keep in float")
+    cmp_.add_argument("--placement", choices=["compute", "residual"], default="compute",
+                      help="Q/DQ placement (see export-qdq --help)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
     cmp_.set_defaults(func=cmd_compare)
@@ -237,7 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         prepare_folder(args.report)
     result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
                      worst=args.worst, exclude_nodes=args.exclude_node, exclude_ops=args.exclude_op,
-                     providers=args.provider, progress=not args.quiet)
+                     placement=args.placement, providers=args.provider, progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
              f"(ranges: {data['ranges']['format']} {data['ranges']['file']})"]
@@ -299,7 +304,8 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
     model, report = export_qdq(graph, ranges.amax, weights, exclude_nodes=args.exclude_node,
-                               exclude_ops=args.exclude_op, require_all=not args.allow_missing)
+                               exclude_ops=args.exclude_op, require_all=not args.allow_missing,
+                               placement=args.placement)
     write_bytes_atomic(args.output, model.SerializeToString())
     data = {"output": str(args.output), "cache": str(args.cache), "cache_format": ranges.format,
             "quantized_activations": len(report.quantized_activations),

@@ -10,9 +10,11 @@ of any vintage or an ONNX Runtime table):
 * weights: int8 initializers with a per-output-channel DequantizeLinear (axis per op, see
   :mod:`quantlab.graph`), max |w| per channel, bias left in float.
 
-This is the placement ModelOpt uses for TensorRT (the inputs of compute-heavy ops); Q/DQ on
-residual Add inputs is not written yet. Names the ranges hold that match no tensor of the model,
-and quantizable tensors with no range, are reported, never dropped silently.
+By default this is the placement ModelOpt uses for TensorRT (the inputs of compute-heavy ops);
+``placement="residual"`` also quantizes the skip input of residual Adds (Conv output + skip),
+the pattern TensorRT fuses into an INT8 convolution with an INT8 residual. Names the ranges
+hold that match no tensor of the model, and quantizable tensors with no range, are reported,
+never dropped silently.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from .errors import QuantlabError
 from .graph import ModelGraph
 from .weights import WeightRange, per_channel_amax
 
+PLACEMENTS = ("compute", "residual")
+
 
 @dataclass
 class QdqReport:
@@ -44,9 +48,12 @@ class QdqReport:
 def export_qdq(graph: ModelGraph, amax: dict[str, float],
                weights: Optional[dict[str, WeightRange]] = None, *,
                exclude_nodes: Iterable[str] = (), exclude_ops: Iterable[str] = (),
-               require_all: bool = True) -> tuple[onnx.ModelProto, QdqReport]:
+               require_all: bool = True, placement: str = "compute") -> tuple[onnx.ModelProto, QdqReport]:
     """A copy of the model with Q/DQ nodes from ``amax`` (and per-channel weight ranges).
 
+    ``placement``: ``compute`` puts Q/DQ on the activation inputs of Conv/ConvTranspose/Gemm/
+    MatMul; ``residual`` also on the skip input of each Add whose other input comes straight
+    from a Conv, so TensorRT can fuse the Add into the INT8 convolution.
     ``weights`` defaults to max |w| per output channel computed from the model itself (a
     TensorRT cache carries no weight ranges). With ``require_all`` a quantizable tensor without
     a range is an error naming it; otherwise it stays in float and is reported.
@@ -73,6 +80,23 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float],
         for index, name in enumerate(node.input[:2]):
             if name in activation_set:
                 targets.setdefault(name, []).append((node, index))
+    if placement not in PLACEMENTS:
+        raise QuantlabError(f"unknown Q/DQ placement {placement!r}; choose one of {', '.join(PLACEMENTS)}")
+    if placement == "residual":
+        position = {out: k for k, node in enumerate(model.graph.node) for out in node.output}
+        producer = {out: node.op_type for node in model.graph.node for out in node.output}
+        for node in model.graph.node:
+            if node.op_type != "Add" or node.name in excluded_nodes or "Add" in excluded_ops:
+                continue
+            inputs = [name for name in node.input[:2] if name in activation_set]
+            from_conv = [name for name in inputs if producer.get(name) == "Conv"]
+            if len(inputs) != 2 or not from_conv:
+                continue
+            # The Conv that TensorRT fuses the Add into is the later of the two producers;
+            # the other input is the skip connection, which gets the Q/DQ.
+            fused = max(from_conv, key=lambda name: position[name])
+            skip = inputs[0] if inputs[1] == fused else inputs[1]
+            targets.setdefault(skip, []).append((node, list(node.input).index(skip)))
 
     missing = [name for name in targets if name not in amax]
     if missing and require_all:

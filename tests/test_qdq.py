@@ -87,3 +87,22 @@ def test_excluded_op_types_stay_in_float():
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert not any(name.endswith("dequantized") for name in gemm.input)
     assert len(report.skipped_nodes) == 1
+
+
+def test_residual_placement_feeds_the_skip_input_of_conv_add_through_qdq():
+    graph = load_model(defaults.MODEL)
+    amax = {name: 4.0 for name in graph.activations}
+    model, _ = export_qdq(graph, amax, placement="residual")
+    producers = {out: node.op_type for node in model.graph.node for out in node.output}
+    adds = [n for n in model.graph.node if n.op_type == "Add"]
+    assert len(adds) == 3
+    for add in adds:
+        kinds = sorted(producers[name] for name in add.input)
+        assert kinds == ["Conv", "DequantizeLinear"], kinds
+    compute, _ = export_qdq(graph, amax)
+    assert all("DequantizeLinear" not in {producers_of(compute)[i] for i in n.input}
+               for n in compute.graph.node if n.op_type == "Add")
+
+
+def producers_of(model):
+    return {out: node.op_type for node in model.graph.node for out in node.output}
