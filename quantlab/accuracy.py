@@ -95,7 +95,8 @@ class CompareResult:
 def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: Optional[DataSpec] = None, *,
             report: Optional[Union[str, Path]] = None, outputs: Sequence[str] = (), worst: int = 10,
             exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (), placement: str = "compute",
-            providers: Optional[Sequence[str]] = None, progress: bool = True) -> CompareResult:
+            backend: str = "onnxruntime", providers: Optional[Sequence[str]] = None,
+            progress: bool = True) -> CompareResult:
     """FP32 vs the Q/DQ model built from ``cache`` on held-out ``data``; optionally write a report."""
     graph = resolve_model(model)
     data = data or DataSpec()
@@ -113,8 +114,14 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     output_names = _outputs(graph, outputs)
     inputs = {s.name for s in graph.inputs}
     internal = [name for name in graph.activations if name not in inputs and name not in output_names]
+    if backend == "tensorrt":
+        internal = []  # an engine exposes its outputs only
+        int8 = _tensorrt_runner(qdq_bytes)
+    elif backend == "onnxruntime":
+        int8 = OrtRunner(qdq_model, internal, providers)
+    else:
+        raise QuantlabError(f"unknown backend {backend!r} (onnxruntime or tensorrt)")
     fp32 = OrtRunner(graph.model, internal, providers)
-    int8 = OrtRunner(qdq_model, internal, providers)
     fingerprint = DataFingerprint()
     total = _count(graph, data)
     with tqdm(total=total, unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
@@ -125,9 +132,11 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     latency = {
         "batch": 1,
         "fp32_ms": OrtRunner(graph.model, (), providers).latency_ms(first.inputs),
-        "int8_ms": OrtRunner(qdq_model, (), providers).latency_ms(first.inputs),
+        "int8_ms": (int8 if backend == "tensorrt" else OrtRunner(qdq_model, (), providers)).latency_ms(first.inputs),
+        "int8_backend": backend,
     }
-    execution = integer_kernels(integer_ops(qdq_bytes))
+    execution = (integer_kernels(integer_ops(qdq_bytes)) if backend == "onnxruntime" else
+                 {"verdict": "TensorRT engine built explicitly from the Q/DQ model", "executes_integer_kernels": None})
     tensors_sorted = sorted(result.tensors, key=lambda t: t["sqnr_db"])
     worst_rows = tensors_sorted[:worst]
     fp32_size = len(graph.model.SerializeToString())
@@ -164,6 +173,19 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     if report is not None:
         doc.write(report)
     return CompareResult(out, doc)
+
+
+def _tensorrt_runner(qdq_bytes: bytes):
+    """Build an explicit INT8 engine from the Q/DQ model and return a runner for it."""
+    import tempfile
+
+    from .backends.tensorrt import TensorRTRunner, build_engine, import_tensorrt
+
+    import_tensorrt()
+    folder = Path(tempfile.mkdtemp(prefix="quantlab-trt-"))
+    (folder / "model.qdq.onnx").write_bytes(qdq_bytes)
+    build_engine(folder / "model.qdq.onnx", folder / "model.int8.plan")
+    return TensorRTRunner(folder / "model.int8.plan")
 
 
 def _compare_report(data: dict, histograms: dict, thresholds: dict) -> Report:

@@ -197,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--exclude-op", action="append", default=[], metavar="TYPE", help="keep in float")
     cmp_.add_argument("--placement", choices=["compute", "residual"], default="compute",
                       help="Q/DQ placement (see export-qdq --help)")
+    cmp_.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
+                      help="run the INT8 model in ONNX Runtime (CPU, default) or as a TensorRT engine (GPU)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
     cmp_.set_defaults(func=cmd_compare)
@@ -224,6 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(swp)
     swp.set_defaults(func=cmd_sweep)
 
+    bld = sub.add_parser("build", help="build a TensorRT INT8 engine (needs TensorRT and a GPU)",
+                         description="Build a TensorRT INT8 engine: from an ONNX model plus a calibration "
+                                     "cache (implicit INT8, TensorRT 8.x-10.x) or from a Q/DQ model (explicit "
+                                     "INT8, TensorRT 8.x-11.x). Without TensorRT, prints the equivalent trtexec "
+                                     "command.",
+                         epilog="examples:\n  quantlab build model.onnx --cache model.cache -o model.int8.plan\n"
+                                "  quantlab build model.qdq.onnx -o model.int8.plan\n"
+                                "  quantlab build model.onnx --cache model.cache -o m.plan --print-trtexec "
+                                "--trt-version 8.6", formatter_class=argparse.RawDescriptionHelpFormatter)
+    bld.add_argument("model", help="ONNX model (FP32 with --cache, or a Q/DQ model)")
+    bld.add_argument("--cache", metavar="FILE", help="TensorRT calibration cache (implicit INT8, TensorRT <= 10)")
+    bld.add_argument("-o", "--output", required=True, metavar="PLAN", help="engine file to write")
+    bld.add_argument("--fp16", action="store_true", help="allow FP16 fallback for layers without INT8 kernels")
+    bld.add_argument("--workspace", type=int, default=1024, metavar="MiB", help="builder workspace (default 1024)")
+    bld.add_argument("--trt-version", help="for --print-trtexec without TensorRT: the target version "
+                     "(default: the installed one, else 10.3.0)")
+    bld.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    bld.set_defaults(func=cmd_build)
+
     _add_cache_commands(sub)
     return parser
 
@@ -242,7 +263,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         prepare_folder(args.report)
     result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
                      worst=args.worst, exclude_nodes=args.exclude_node, exclude_ops=args.exclude_op,
-                     placement=args.placement, providers=args.provider, progress=not args.quiet)
+                     placement=args.placement, backend=args.backend, providers=args.provider,
+                     progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
              f"(ranges: {data['ranges']['format']} {data['ranges']['file']})"]
@@ -288,6 +310,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
     _emit(args, data, "\n".join(lines))
+    return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from .backends import tensorrt as backend
+
+    graph = load_model(args.model)
+    plan = backend.plan_for_print(args.trt_version, args.cache is not None, graph.model)
+    command = backend.trtexec_command(args.model, args.output, plan, cache=args.cache, fp16=args.fp16)
+    if args.print_trtexec:
+        print(command)
+        return 0
+    if backend.installed_version() is None:
+        raise QuantlabError(f"TensorRT is not installed (Python package 'tensorrt'); {backend.INSTALL_HINT}. "
+                            f"Equivalent trtexec build: {command}")
+    check_writable(args.output)
+    settings = backend.build_engine(args.model, args.output, cache=args.cache, fp16=args.fp16,
+                                    workspace_bytes=args.workspace << 20)
+    print(f"built {args.output} ({settings.path} INT8, TensorRT {settings.trt_version}"
+          + (f", {settings.calibrator} serving {settings.cache}" if settings.calibrator else "") + ")")
     return 0
 
 

@@ -1,0 +1,1 @@
+"""Inference backends beyond ONNX Runtime (TensorRT), imported only when asked for."""
