@@ -116,3 +116,23 @@ def test_entropy_of_an_empty_histogram_is_zero():
 def test_entropy_rejects_edges_of_the_wrong_length():
     with pytest.raises(ValueError, match="len\\(hist\\) \\+ 1"):
         EntropyCalibrator().compute_amax(np.ones(2048), np.linspace(0, 1, 2048))
+
+
+def _nvidia_reference():
+    try:
+        from modelopt.torch.quantization.calib.histogram import _compute_amax_entropy
+    except Exception:
+        return None
+    return _compute_amax_entropy
+
+
+@pytest.mark.skipif(_nvidia_reference() is None,
+                    reason="NVIDIA's reference (nvidia-modelopt with torch) is a benchmark-only dependency, not installed")
+def test_entropy_matches_nvidia_modelopt_on_the_embedded_models_activations():
+    from quantlab import DataSpec, collect_statistics
+
+    reference = _nvidia_reference()
+    stats = collect_statistics(None, DataSpec(num_samples=64), progress=False)
+    for name, hist in list(stats.tensors.items())[:12]:
+        expected = float(reference(hist.counts.astype(np.int64).copy(), hist.edges, 8, False, 1, 128))
+        assert EntropyCalibrator().compute_amax(hist.counts, hist.edges) == expected, name

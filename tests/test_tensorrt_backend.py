@@ -10,11 +10,12 @@ import importlib.util
 
 import pytest
 
-from conftest import run_cli
 from quantlab import defaults
 from quantlab.backends.tensorrt import calibrator_class_name, choose_build_path, trtexec_command
 from quantlab.errors import QuantlabError
 from quantlab.formats.ranges import read_ranges
+
+from conftest import run_cli
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
