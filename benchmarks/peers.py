@@ -82,7 +82,8 @@ hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if lin
 print(json.dumps({"seconds": seconds, "peak_rss_mib": hwm_kib / 1024}))
 '''
 
-TOOLS = ["quantlab-entropy", "quantlab-percentile", "ort-minmax", "ort-entropy", "ort-entropy-2048", "ort-percentile", "fp32-pass"]
+TOOLS = ["quantlab-entropy", "quantlab-percentile", "ort-minmax", "ort-entropy", "ort-entropy-2048",
+         "ort-percentile", "fp32-pass"]
 
 
 def kl_search(repeats: int) -> dict:
@@ -187,7 +188,8 @@ def render(result: dict) -> str:
              f"numpy {m['numpy']}, onnxruntime {m['onnxruntime']}, nvidia-modelopt {m['modelopt']}. "
              f"Medians of {result['repeats']} runs. Model: the embedded Fashion-MNIST CNN.", "",
              "## 1. KL threshold search per tensor (real 2048-bin activation histograms)", ""]
-    lines += ["| tensors | quantlab ms | NVIDIA reference ms | ONNX Runtime (2048 bins) ms | reference / quantlab | same amax as reference |",
+    lines += ["| tensors | quantlab ms | NVIDIA reference ms | ONNX Runtime (2048 bins) ms | reference / quantlab "
+              "| same amax as reference |",
               "|---|---|---|---|---|---|"]
     if kl.get("reference_missing"):
         ref, ratio, same = "not run", "-", kl["reference_missing"]
@@ -195,7 +197,8 @@ def render(result: dict) -> str:
         ref = f"{kl['reference_median_ms']:.0f}"
         ratio = f"**{kl['reference_median_ms'] / kl['quantlab_median_ms']:.0f}x**"
         same = f"{kl['same_amax']}/{kl['tensors']}"
-    lines.append(f"| {kl['tensors']} | {kl['quantlab_median_ms']:.2f} | {ref} | {kl['ort_median_ms']:.0f} | {ratio} | {same} |")
+    lines.append(f"| {kl['tensors']} | {kl['quantlab_median_ms']:.2f} | {ref} | {kl['ort_median_ms']:.0f} | "
+                 f"{ratio} | {same} |")
     lines += ["", "ONNX Runtime's search runs on a signed histogram (the same data mirrored, 1024 bins a side) and is "
               "a different algorithm, so only its time is comparable.", "",
               "## 2-4. End-to-end calibration, each tool in its own process", "",

@@ -127,7 +127,8 @@ def _nvidia_reference():
 
 
 @pytest.mark.skipif(_nvidia_reference() is None,
-                    reason="NVIDIA's reference (nvidia-modelopt with torch) is a benchmark-only dependency, not installed")
+                    reason="NVIDIA's reference (nvidia-modelopt with torch) is a benchmark-only dependency, "
+                           "not installed")
 def test_entropy_matches_nvidia_modelopt_on_the_embedded_models_activations():
     from quantlab import DataSpec, collect_statistics
 
