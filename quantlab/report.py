@@ -136,13 +136,12 @@ def _inline(text: str) -> str:
 
 
 def _pyplot():
-    try:
-        import matplotlib
+    """matplotlib's pyplot on the file-only Agg backend (matplotlib is a required dependency)."""
+    import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     return plt
 
 
@@ -156,7 +155,7 @@ def _png(fig) -> bytes:
 def sqnr_figure(tensors: list[dict], name: str = "sqnr_per_tensor.png") -> Optional[Figure]:
     """Bar chart of per-tensor SQNR in graph order (low bars are the layers that hurt)."""
     plt = _pyplot()
-    if plt is None or not tensors:
+    if not tensors:
         return None
     values = [t["sqnr_db"] if math.isfinite(t["sqnr_db"]) else 99.0 for t in tensors]
     fig = plt.figure(figsize=(max(6, len(tensors) * 0.22), 3.6))
@@ -175,7 +174,7 @@ def histogram_figure(histograms: dict, thresholds: dict[str, dict[str, float]], 
                      caption: str) -> Optional[Figure]:
     """|x| histograms (log counts) with one vertical line per method's threshold."""
     plt = _pyplot()
-    if plt is None or not histograms:
+    if not histograms:
         return None
     count = len(histograms)
     columns = min(3, count)
@@ -210,7 +209,7 @@ def histogram_figure(histograms: dict, thresholds: dict[str, dict[str, float]], 
 def bar_figure(labels: list[str], series: dict[str, list[float]], name: str, caption: str,
                ylabel: str) -> Optional[Figure]:
     plt = _pyplot()
-    if plt is None or not labels:
+    if not labels:
         return None
     fig = plt.figure(figsize=(max(6, len(labels) * 1.1), 3.6))
     ax = fig.add_subplot()
