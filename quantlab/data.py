@@ -140,7 +140,8 @@ class ArrayDataset:
         self.labels: Optional[np.ndarray] = None
         self.inputs: dict[str, np.ndarray] | None = None
         try:
-            loaded = np.load(path, allow_pickle=False)
+            # .npy files are memory-mapped: only the samples in use are read, whatever the file's size.
+            loaded = np.load(path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path} as a .npy/.npz array: {exc}") from exc
         if isinstance(loaded, np.ndarray):

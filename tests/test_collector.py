@@ -1,0 +1,81 @@
+"""The activation collector: what it measures must equal what the model computes, batch after batch."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from quantlab.collector import ActivationCollector
+from quantlab.graph import load_model
+from quantlab.histogram import TensorHistogram
+from quantlab.preprocess import Batch
+
+
+def view_ops_model(path) -> str:
+    """Conv -> Relu -> Reshape -> Identity -> Transpose -> Flatten: ops ORT may run as views."""
+    weight = np.random.default_rng(0).standard_normal((4, 2, 3, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["conv"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["conv"], ["relu"]),
+        helper.make_node("Reshape", ["relu", "shape"], ["reshaped"]),
+        helper.make_node("Identity", ["reshaped"], ["same"]),
+        helper.make_node("Transpose", ["same"], ["transposed"], perm=[0, 2, 1]),
+        helper.make_node("Flatten", ["transposed"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "views",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2, 5, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 100])],
+        [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([0, 4, 25], np.int64), "shape")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return str(path)
+
+
+def expected_histograms(path: str, names: list[str], data: np.ndarray) -> dict[str, TensorHistogram]:
+    """Each tensor's histogram from one plain ONNX Runtime run over all the data at once."""
+    graph = load_model(path)
+    model = graph.model
+    model.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                              for n in names if n not in ("x", "y"))
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    wanted = [n for n in names if n != "x"]
+    values = dict(zip(wanted, session.run(wanted, {"x": data})), x=data)
+    out = {}
+    for name in names:
+        out[name] = TensorHistogram()
+        out[name].update(values[name])
+    return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_every_batch_is_measured_through_reused_output_buffers(tmp_path, threads):
+    path = view_ops_model(tmp_path / "views.onnx")
+    graph = load_model(path)
+    # Each sample on its own scale, so a batch left over from the one before would show.
+    scales = np.arange(1, 10, dtype=np.float32)[:, None, None, None]
+    data = np.random.default_rng(1).standard_normal((9, 2, 5, 5)).astype(np.float32) * scales
+    collector = ActivationCollector(graph, threads=threads)
+    for start in range(0, 9, 2):  # batches of 2, 2, 2, 2 and a last one of 1 (a new shape)
+        collector.update(Batch({"x": data[start:start + 2]}, None, np.arange(start, min(start + 2, 9))))
+    collector.close()
+    expected = expected_histograms(path, graph.activations, data)
+    assert set(collector.statistics.tensors) == set(graph.activations)
+    for name, hist in collector.statistics.tensors.items():
+        want = expected[name]
+        assert (hist.counts == want.counts).all() and hist.exponent == want.exponent, name
+        assert (hist.min_value, hist.max_value) == (want.min_value, want.max_value), name
+
+
+def test_model_input_is_measured_from_the_feeds(tmp_path):
+    graph = load_model(view_ops_model(tmp_path / "views.onnx"))
+    collector = ActivationCollector(graph, threads=1)
+    assert "x" in collector.statistics.tensors
+    assert "x" not in collector.output_names
+    collector.update(Batch({"x": np.full((1, 2, 5, 5), -3.0, np.float32)}, None, np.arange(1)))
+    assert collector.statistics.tensors["x"].min_value == -3.0
