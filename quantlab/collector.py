@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Optional
@@ -74,12 +75,15 @@ class ActivationCollector:
         self.statistics = Statistics.empty(graph.sha256, names, bins)
         self.threads = max(1, threads if threads is not None else available_cpus())
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
+        self.seconds = {"inference": 0.0, "histograms": 0.0}  # where collection time went
         self._checked = False
         self._buffers: Optional[tuple[tuple, list[np.ndarray]]] = None  # (input shapes, outputs)
 
     def update(self, batch: Batch) -> None:
         """Run one batch and fold its activations in."""
+        started = time.perf_counter()
         named = list(zip(self.output_names, self._run(batch.inputs)))
+        ran = time.perf_counter()
         named += [(name, np.asarray(batch.inputs[name])) for name in self.input_names]
         tensors = self.statistics.tensors
         if not self._checked:
@@ -96,6 +100,8 @@ class ActivationCollector:
         else:
             for future in [self._pool.submit(hist.update, value) for hist, value in work]:
                 future.result()
+        self.seconds["inference"] += ran - started
+        self.seconds["histograms"] += time.perf_counter() - ran
         self.statistics.num_samples += len(batch.indices)
         self.statistics.fingerprint.add(batch.inputs)
 
