@@ -32,7 +32,7 @@ from .calibrate import (
     resolve_model,
 )
 from .errors import DataError, QuantlabError
-from .evaluate import OrtRunner, compare_models, integer_kernels
+from .evaluate import OrtRunner, compare_candidates, compare_models, integer_kernels
 from .formats.ranges import RangeFile, read_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
 from .graph import ModelGraph
@@ -54,21 +54,29 @@ def method_label(method: str, params: dict) -> str:
     return f"{method}({', '.join(f'{k}={v}' for k, v in params.items())})" if params else method
 
 
-def _heldout_batches(graph: ModelGraph, data: DataSpec, fingerprint: Optional[DataFingerprint] = None):
-    if data.source is None and not _is_default_model(graph):
-        raise DataError("no --data given: pass held-out data for this model (--data PATH)")
-    source = data.source if data.source is not None else defaults.HELDOUT_DATA
-    dataset = open_dataset(source, data.data_format, graph)
-    indices = select_indices(len(dataset), data.num_samples, data.seed)
-    for batch in iterate_batches(dataset, indices, graph.inputs, data.preprocess, data.batch_size):
-        if fingerprint is not None:
-            fingerprint.add(batch.inputs)
-        yield batch
+class HeldOut:
+    """The held-out samples of a comparison: the data set opened once, the samples picked once."""
 
+    def __init__(self, graph: ModelGraph, data: DataSpec):
+        if data.source is None and not _is_default_model(graph):
+            raise DataError("no --data given: pass held-out data for this model (--data PATH)")
+        self.graph, self.data = graph, data
+        self.source = data.source if data.source is not None else defaults.HELDOUT_DATA
+        self.dataset = open_dataset(self.source, data.data_format, graph)
+        self.indices = select_indices(len(self.dataset), data.num_samples, data.seed)
 
-def _count(graph: ModelGraph, data: DataSpec) -> int:
-    source = data.source if data.source is not None else defaults.HELDOUT_DATA
-    return len(select_indices(len(open_dataset(source, data.data_format, graph)), data.num_samples, data.seed))
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def batches(self, fingerprint: Optional[DataFingerprint] = None, limit: Optional[int] = None,
+                batch_size: Optional[int] = None):
+        """Preprocessed batches (the first ``limit`` samples only, if given), fingerprinted."""
+        indices = self.indices if limit is None else self.indices[:limit]
+        for batch in iterate_batches(self.dataset, indices, self.graph.inputs, self.data.preprocess,
+                                     batch_size or self.data.batch_size):
+            if fingerprint is not None:
+                fingerprint.add(batch.inputs)
+            yield batch
 
 
 def _outputs(graph: ModelGraph, wanted: Sequence[str]) -> list[str]:
@@ -123,12 +131,11 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         raise QuantlabError(f"unknown backend {backend!r} (onnxruntime or tensorrt)")
     fp32 = OrtRunner(graph.model, internal, providers)
     fingerprint = DataFingerprint()
-    total = _count(graph, data)
-    with tqdm(total=total, unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
-        result = compare_models(fp32, int8, _heldout_batches(graph, data, fingerprint), output_names,
-                                internal, progress=bar)
+    heldout = HeldOut(graph, data)
+    with tqdm(total=len(heldout), unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
+        result = compare_models(fp32, int8, heldout.batches(fingerprint), output_names, internal, progress=bar)
     overlap = _overlap(ranges, fingerprint)
-    first = next(_heldout_batches(graph, DataSpec(data.source, data.data_format, data.preprocess, 1, 1, data.seed)))
+    first = next(heldout.batches(limit=1, batch_size=1))
     latency = {
         "batch": 1,
         "fp32_ms": OrtRunner(graph.model, (), providers).latency_ms(first.inputs),
@@ -150,7 +157,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
                        "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},
         "ranges": {"file": ranges.source, "format": ranges.format, "method": ranges.extra.get("method")
                    if ranges.extra else None},
-        "data": {"source": str(data.source if data.source is not None else defaults.HELDOUT_DATA),
+        "data": {"source": str(heldout.source),
                  "samples": result.samples, "fingerprint": fingerprint.hexdigest,
                  "overlap_with_calibration": overlap},
         "outputs": result.outputs,
@@ -239,17 +246,21 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     rows, tables, models = [], {}, {}
     for method, params in methods:
         label = method_label(method, params)
-        table = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
-                                     zero_amax=zero_amax)
-        qdq_model, _ = export_qdq(graph, table.activations, table.weights)
-        fingerprint = DataFingerprint()
-        result = compare_models(OrtRunner(graph.model, (), providers), OrtRunner(qdq_model, (), providers),
-                                _heldout_batches(graph, heldout, fingerprint), output_names)
-        overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
-        main = result.outputs[0]
-        rows.append({"method": label, "name": method, "params": table.params, **main,
+        tables[label] = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
+                                             zero_amax=zero_amax)
+        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
+    fingerprint = DataFingerprint()
+    held = HeldOut(graph, heldout)
+    candidates = {label: OrtRunner(qdq_model, (), providers) for label, qdq_model in models.items()}
+    with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
+              file=sys.stderr) as bar:
+        results = compare_candidates(OrtRunner(graph.model, (), providers), candidates, held.batches(fingerprint),
+                                     output_names, progress=bar)
+    overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
+    for label, table in tables.items():
+        main = results[label].outputs[0]
+        rows.append({"method": label, "name": table.method, "params": table.params, **main,
                      "overlap_with_calibration": overlap})
-        tables[label], models[label] = table, qdq_model
         if progress:
             print(f"  {label:24s} " + ", ".join(f"{k} {main[k]:.4f}" for k in
                                                  ("int8_top1", "top1_agreement", "sqnr_db") if k in main),

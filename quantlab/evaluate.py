@@ -149,20 +149,32 @@ class Comparison:
 def compare_models(fp32: OrtRunner, int8: OrtRunner, batches: Iterable, outputs: Sequence[str],
                    tensors: Sequence[str] = (), progress=None) -> Comparison:
     """Run both models over ``batches`` and fold their outputs into metrics."""
-    comparators = {name: OutputComparator(name) for name in outputs}
-    internal = TensorComparator(list(tensors))
+    return compare_candidates(fp32, {"int8": int8}, batches, outputs, tensors, progress)["int8"]
+
+
+def compare_candidates(fp32: OrtRunner, candidates: dict[str, OrtRunner], batches: Iterable,
+                       outputs: Sequence[str], tensors: Sequence[str] = (), progress=None) -> dict[str, Comparison]:
+    """Several INT8 candidates against one FP32 reference, in a single pass over ``batches``.
+
+    The reference runs once per batch however many candidates there are, and nothing is kept
+    between batches, so memory does not grow with the held-out set.
+    """
+    comparators = {label: {name: OutputComparator(name) for name in outputs} for label in candidates}
+    internal = {label: TensorComparator(list(tensors)) for label in candidates}
     samples = 0
     for batch in batches:
         ref = fp32.run(batch.inputs)
-        got = int8.run(batch.inputs)
-        for name, comparator in comparators.items():
-            comparator.update(ref[name], got[name], batch.labels)
-        if tensors:
-            internal.update(ref, got)
+        for label, runner in candidates.items():
+            got = runner.run(batch.inputs)
+            for name, comparator in comparators[label].items():
+                comparator.update(ref[name], got[name], batch.labels)
+            if tensors:
+                internal[label].update(ref, got)
         samples += len(batch.indices)
         if progress is not None:
             progress.update(len(batch.indices))
-    return Comparison([c.result() for c in comparators.values()], internal.result(), internal.histograms, samples)
+    return {label: Comparison([c.result() for c in comparators[label].values()], internal[label].result(),
+                              internal[label].histograms, samples) for label in candidates}
 
 
 def integer_kernels(op_counts: dict[str, int]) -> dict:

@@ -31,7 +31,8 @@ def view_ops_model(path) -> str:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 100])],
         [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(np.array([0, 4, 25], np.int64), "shape")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    # IR 8: loadable by every ONNX Runtime this project supports, whatever onnx wrote by default.
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return str(path)
