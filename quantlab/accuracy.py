@@ -36,6 +36,7 @@ from .evaluate import OrtRunner, compare_candidates, compare_models, integer_ker
 from .formats.ranges import RangeFile, read_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
 from .graph import ModelGraph
+from .histogram import DEFAULT_BINS
 from .preprocess import DataFingerprint, iterate_batches, select_indices
 from .qdq import export_qdq, integer_ops
 from .report import Report, bar_figure, histogram_figure, sqnr_figure
@@ -233,7 +234,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
           methods: Sequence[tuple] = SWEEP_METHODS, report: Optional[Union[str, Path]] = None,
           pick: Optional[str] = None, outputs: Sequence[str] = (),
           trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
-          allow_nonfinite: bool = False, zero_amax: Optional[float] = None, progress: bool = True) -> dict:
+          bins: int = DEFAULT_BINS, threads: Optional[int] = None, allow_nonfinite: bool = False,
+          zero_amax: Optional[float] = None, progress: bool = True) -> dict:
     """Calibrate every method on one collection and rank them on held-out data."""
     graph = resolve_model(model)
     calib = calib or DataSpec()
@@ -241,7 +243,7 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     if calib.source is None and not _is_default_model(graph):
         raise DataError("no --data given: pass the calibration data for this model (--data PATH)")
     started = time.perf_counter()
-    stats = collect_statistics(graph, calib, providers=providers, progress=progress)
+    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress)
     output_names = _outputs(graph, outputs)
     rows, tables, models = [], {}, {}
     for method, params in methods:

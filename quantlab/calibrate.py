@@ -18,7 +18,7 @@ from typing import Any, Optional, Union
 from . import defaults
 from .atomic import check_writable
 from .collector import ActivationCollector
-from .errors import DataError, StatisticsError
+from .errors import DataError, QuantlabError, StatisticsError
 from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
 from .graph import ModelGraph, load_model
 from .histogram import DEFAULT_BINS
@@ -75,7 +75,7 @@ def resolve_model(model: Optional[ModelSource]) -> ModelGraph:
 
 
 def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: int = DEFAULT_BINS,
-                       providers: Optional[Sequence[str]] = None,
+                       providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
                        progress: bool = True) -> Statistics:
     """Run the FP32 model over the selected samples and return per-tensor statistics."""
     graph = resolve_model(model)
@@ -95,7 +95,9 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
                 f"multiple of it (--num-samples), or export the model with a dynamic batch axis"
             )
         batch_size = fixed
-    collector = ActivationCollector(graph, bins=bins, providers=providers)
+    if threads is not None and threads < 1:
+        raise QuantlabError(f"--threads must be at least 1, got {threads}")
+    collector = ActivationCollector(graph, bins=bins, providers=providers, threads=threads)
     batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
     return collector.collect(batches, total=len(indices), progress=progress)
 
@@ -190,7 +192,7 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
               save_stats: Optional[Union[str, Path]] = None,
               trt_version: tuple = DEFAULT_TRT_VERSION, trt_algorithm: Optional[str] = None,
               bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
-              allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
+              threads: Optional[int] = None, allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
               progress: bool = True) -> CalibrationResult:
     """Calibrate ``model`` (the embedded default when None) and write the cache and table.
 
@@ -211,7 +213,7 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
         statistics = merge_files(stats)
     else:
         statistics = collect_statistics(graph, data or DataSpec(), bins=bins, providers=providers,
-                                        progress=progress)
+                                        threads=threads, progress=progress)
         if save_stats is not None:
             statistics.save(save_stats)
     result_table = calibrate_statistics(graph, statistics, method, params,

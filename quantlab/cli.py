@@ -74,6 +74,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
                        help="ONNX Runtime execution provider (repeatable; default CPUExecutionProvider)")
     group.add_argument("--bins", type=int, default=DEFAULT_BINS,
                        help=f"histogram bins, a power of two (default {DEFAULT_BINS})")
+    group.add_argument("--threads", type=int, metavar="N",
+                       help="threads filling the histograms (default: every CPU this process may use); "
+                       "results do not depend on it")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -297,8 +300,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
                        args.batch_size, args.seed)
     data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
-                 trt_version=_version_arg(args.trt_version), providers=args.provider,
-                 allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax, progress=not args.quiet)
+                 trt_version=_version_arg(args.trt_version), providers=args.provider, bins=args.bins,
+                 threads=args.threads, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
+                 progress=not args.quiet)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (
@@ -521,7 +525,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     result = calibrate(
         graph, _data_spec(args), method=args.method, params=_parse_params(args.param),
         output=output, table=args.table, stats=args.stats, save_stats=args.save_stats,
-        trt_version=trt_version, trt_algorithm=args.trt_algorithm, bins=args.bins,
+        trt_version=trt_version, trt_algorithm=args.trt_algorithm, bins=args.bins, threads=args.threads,
         providers=args.provider, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
         progress=not args.quiet,
     )
@@ -544,7 +548,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_collect(args: argparse.Namespace) -> int:
 
     check_writable(args.output)
-    stats = collect_statistics(args.model, _data_spec(args), bins=args.bins,
+    stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads,
                                providers=args.provider, progress=not args.quiet)
     stats.save(args.output)
     if not args.quiet:
