@@ -38,7 +38,6 @@ import threading
 from functools import lru_cache
 
 import numpy as np
-from scipy.special import rel_entr
 
 from calibrators._common import as_histogram
 
@@ -87,6 +86,9 @@ def entropy_threshold_index(hist: np.ndarray, num_bits: int = 8, start_bin: int 
         # Every defined candidate is infinite: the reference's tie rule picks the largest.
         return int(candidates[defined][-1])
     near = np.flatnonzero(defined & (scores <= best + max(_RESCORE_ABS, _RESCORE_REL * abs(best))))
+    if len(near) == 1:
+        # No rival within rounding distance: the reference's arithmetic cannot reorder anything.
+        return int(candidates[near[0]])
     exact = np.full(len(candidates), np.nan)
     zero = _exact_zero(bins, candidates[near], levels)
     exact[near[zero]] = 0.0
@@ -218,7 +220,10 @@ def _reference_divergence(bins: np.ndarray, i: int, levels: int) -> float:
     quantized[used] = level_sum[level[used]] / level_count[level[used]]
     reference = np.array(head)
     reference[-1] += np.sum(bins[i:])
-    # scipy.stats.entropy(reference, quantized), minus its argument-handling overhead.
+    # scipy.stats.entropy(reference, quantized), minus its argument-handling overhead. Imported
+    # here: near-ties are rare and scipy.special takes a quarter of a second to import.
+    from scipy.special import rel_entr
+
     with np.errstate(invalid="ignore", divide="ignore"):
         q = quantized / np.sum(quantized)
         p = reference / np.sum(reference)
