@@ -234,7 +234,7 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
           methods: Sequence[tuple] = SWEEP_METHODS, report: Optional[Union[str, Path]] = None,
           pick: Optional[str] = None, outputs: Sequence[str] = (),
           trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
-          bins: int = DEFAULT_BINS, threads: Optional[int] = None, allow_nonfinite: bool = False,
+          bins: int = DEFAULT_BINS, threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
           zero_amax: Optional[float] = None, progress: bool = True) -> dict:
     """Calibrate every method on one collection and rank them on held-out data."""
     graph = resolve_model(model)
@@ -243,7 +243,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     if calib.source is None and not _is_default_model(graph):
         raise DataError("no --data given: pass the calibration data for this model (--data PATH)")
     started = time.perf_counter()
-    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress)
+    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
+                               progress=progress)
     output_names = _outputs(graph, outputs)
     rows, tables, models = [], {}, {}
     for method, params in methods:

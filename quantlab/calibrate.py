@@ -76,8 +76,9 @@ def resolve_model(model: Optional[ModelSource]) -> ModelGraph:
 
 def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: int = DEFAULT_BINS,
                        providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                       progress: bool = True) -> Statistics:
-    """Run the FP32 model over the selected samples and return per-tensor statistics."""
+                       tensors: str = "all", progress: bool = True) -> Statistics:
+    """Run the FP32 model over the selected samples and return statistics of ``tensors``
+    (a scope of :func:`select_tensors`)."""
     graph = resolve_model(model)
     if data.batch_size <= 0:
         raise DataError(f"--batch-size must be positive, got {data.batch_size}")
@@ -97,9 +98,30 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
         batch_size = fixed
     if threads is not None and threads < 1:
         raise QuantlabError(f"--threads must be at least 1, got {threads}")
-    collector = ActivationCollector(graph, bins=bins, providers=providers, threads=threads)
+    collector = ActivationCollector(graph, select_tensors(graph, tensors), bins=bins, providers=providers,
+                                    threads=threads)
     batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
     return collector.collect(batches, total=len(indices), progress=progress)
+
+
+TENSOR_SCOPES = ("all", "qdq")
+
+
+def select_tensors(graph: ModelGraph, scope: str = "all") -> list[str]:
+    """The activations to measure: ``all`` of them, or only the ``qdq`` ones.
+
+    ``all`` is what TensorRT's own calibrators write and what an implicit INT8 build (TensorRT
+    8.x-10.x, ``trtexec --int8 --calib``) looks up. ``qdq`` is only the activations a Q/DQ model
+    quantizes - the inputs of Conv, ConvTranspose, Gemm and MatMul - which is all an explicit
+    build (TensorRT 10/11) needs. Skipping the rest (e.g. a Conv output that only feeds a Clip)
+    lets ONNX Runtime fuse those ops again and leaves far fewer values to histogram.
+    """
+    if scope == "all":
+        return list(graph.activations)
+    if scope == "qdq":
+        wanted = set(graph.quantizable)
+        return [name for name in graph.activations if name in wanted]
+    raise QuantlabError(f"unknown tensor scope {scope!r}; choose one of {', '.join(TENSOR_SCOPES)}")
 
 
 def _is_default_model(graph: ModelGraph) -> bool:
@@ -192,8 +214,8 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
               save_stats: Optional[Union[str, Path]] = None,
               trt_version: tuple = DEFAULT_TRT_VERSION, trt_algorithm: Optional[str] = None,
               bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
-              threads: Optional[int] = None, allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
-              progress: bool = True) -> CalibrationResult:
+              threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
+              zero_amax: Optional[float] = None, progress: bool = True) -> CalibrationResult:
     """Calibrate ``model`` (the embedded default when None) and write the cache and table.
 
     ``output`` is the TensorRT cache path (``None``: no files); ``table`` the JSON table path
@@ -213,7 +235,7 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
         statistics = merge_files(stats)
     else:
         statistics = collect_statistics(graph, data or DataSpec(), bins=bins, providers=providers,
-                                        threads=threads, progress=progress)
+                                        threads=threads, tensors=tensors, progress=progress)
         if save_stats is not None:
             statistics.save(save_stats)
     result_table = calibrate_statistics(graph, statistics, method, params,

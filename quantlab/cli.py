@@ -18,7 +18,7 @@ from typing import Optional
 from . import __version__, defaults
 from .atomic import check_writable, prepare_folder
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
-from .calibrate import DataSpec, calibrate, collect_statistics, resolve_model
+from .calibrate import TENSOR_SCOPES, DataSpec, calibrate, collect_statistics, resolve_model
 from .errors import QuantlabError
 from .formats.ranges import FORMATS, read_ranges, write_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, parse_version
@@ -74,6 +74,10 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
                        help="ONNX Runtime execution provider (repeatable; default CPUExecutionProvider)")
     group.add_argument("--bins", type=int, default=DEFAULT_BINS,
                        help=f"histogram bins, a power of two (default {DEFAULT_BINS})")
+    group.add_argument("--tensors", choices=TENSOR_SCOPES, default="all",
+                       help="activations to measure: all (default; what TensorRT 8.x-10.x implicit INT8 builds "
+                       "read from a cache) or qdq (only the inputs of Conv/ConvTranspose/Gemm/MatMul, all that a "
+                       "Q/DQ model for TensorRT 10/11 needs; faster)")
     group.add_argument("--threads", type=int, metavar="N",
                        help="threads filling the histograms (default: every CPU this process may use); "
                        "results do not depend on it")
@@ -301,8 +305,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                        args.batch_size, args.seed)
     data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
                  trt_version=_version_arg(args.trt_version), providers=args.provider, bins=args.bins,
-                 threads=args.threads, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
-                 progress=not args.quiet)
+                 threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
+                 zero_amax=args.zero_amax, progress=not args.quiet)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (
@@ -526,7 +530,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         graph, _data_spec(args), method=args.method, params=_parse_params(args.param),
         output=output, table=args.table, stats=args.stats, save_stats=args.save_stats,
         trt_version=trt_version, trt_algorithm=args.trt_algorithm, bins=args.bins, threads=args.threads,
-        providers=args.provider, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
+        tensors=args.tensors, providers=args.provider, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
         progress=not args.quiet,
     )
     if not args.quiet:
@@ -542,13 +546,16 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               table       : {result.table_path}"""))
         for name, note in list(table.notes.items())[:5]:
             print(f"  note: {name}: {note}")
+        if args.tensors == "qdq":
+            print("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 explicit "
+                  "INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
     return 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
 
     check_writable(args.output)
-    stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads,
+    stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads, tensors=args.tensors,
                                providers=args.provider, progress=not args.quiet)
     stats.save(args.output)
     if not args.quiet:

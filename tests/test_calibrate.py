@@ -14,8 +14,8 @@ from quantlab import (
     collect_statistics,
     defaults,
 )
-from quantlab.calibrate import table_path_for
-from quantlab.errors import StatisticsError
+from quantlab.calibrate import select_tensors, table_path_for
+from quantlab.errors import QuantlabError, StatisticsError
 from quantlab.graph import load_model
 from quantlab.statistics import Statistics, merge_files
 from quantlab.table import CalibrationTable
@@ -163,3 +163,22 @@ def test_model_with_external_data_loads(tmp_path):
     onnx.save(model, tmp_path / "ext.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
               location="ext.data", size_threshold=0)
     assert len(load_model(tmp_path / "ext.onnx").weights) == 18
+
+
+def test_qdq_scope_measures_only_compute_op_inputs(graph):
+    chosen = select_tensors(graph, "qdq")
+    consumers = {i for n in graph.model.graph.node if n.op_type in ("Conv", "Gemm") for i in n.input}
+    assert chosen and set(chosen) <= consumers & set(graph.activations)
+    assert len(chosen) < len(select_tensors(graph, "all")) == len(graph.activations)
+
+
+def test_qdq_scope_gives_the_same_ranges_as_measuring_everything(graph, calib_images, tmp_path):
+    data = DataSpec(first_images(calib_images, tmp_path), batch_size=16)
+    everything = calibrate(graph, data, progress=False).table.activations
+    qdq_only = calibrate(graph, data, tensors="qdq", progress=False).table.activations
+    assert qdq_only == {name: everything[name] for name in select_tensors(graph, "qdq")}
+
+
+def test_unknown_tensor_scope_is_refused(graph):
+    with pytest.raises(QuantlabError, match="unknown tensor scope"):
+        select_tensors(graph, "some")

@@ -106,3 +106,13 @@ def test_residual_placement_feeds_the_skip_input_of_conv_add_through_qdq():
 
 def producers_of(model):
     return {out: node.op_type for node in model.graph.node for out in node.output}
+
+
+def test_a_qdq_scope_cache_exports_the_same_qdq_model_as_a_full_one(calibrated):
+    run_cli("calibrate", "--method", "max", "--tensors", "qdq", "-o", "qdq_only.cache", "-q", cwd=calibrated,
+            check=True)
+    run_cli("export-qdq", "--cache", "qdq_only.cache", "-o", "from_qdq_only.onnx", cwd=calibrated, check=True)
+    run_cli("export-qdq", "--cache", "m.cache", "-o", "from_full.onnx", cwd=calibrated, check=True)
+    full = read_ranges(calibrated / "m.cache").amax
+    assert len(read_ranges(calibrated / "qdq_only.cache").amax) < len(full)
+    assert (calibrated / "from_qdq_only.onnx").read_bytes() == (calibrated / "from_full.onnx").read_bytes()
