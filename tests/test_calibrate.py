@@ -173,10 +173,14 @@ def test_qdq_scope_measures_only_compute_op_inputs(graph):
 
 
 def test_qdq_scope_gives_the_same_ranges_as_measuring_everything(graph, calib_images, tmp_path):
+    # Up to float rounding only: without the extra outputs ONNX Runtime fuses Conv+Clip, and the
+    # fused kernel may round a value differently in its last bit.
     data = DataSpec(first_images(calib_images, tmp_path), batch_size=16)
-    everything = calibrate(graph, data, progress=False).table.activations
-    qdq_only = calibrate(graph, data, tensors="qdq", progress=False).table.activations
-    assert qdq_only == {name: everything[name] for name in select_tensors(graph, "qdq")}
+    everything = calibrate(graph, data, method="max", progress=False).table.activations
+    qdq_only = calibrate(graph, data, method="max", tensors="qdq", progress=False).table.activations
+    assert list(qdq_only) == select_tensors(graph, "qdq")
+    for name, amax in qdq_only.items():
+        assert amax == pytest.approx(everything[name], rel=1e-5), name
 
 
 def test_unknown_tensor_scope_is_refused(graph):
