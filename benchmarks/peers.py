@@ -236,10 +236,12 @@ def end_to_end(load: dict, sizes: list[int], repeats: int, memory_gib: float, ti
     return rows
 
 
-def anatomy(load: dict, samples: int) -> dict:
-    """Where quantlab's collection time goes, against the plain FP32 pass, on ``samples`` samples."""
+def anatomy(load: dict, samples: int, scope: str = "all") -> dict:
+    """Where quantlab's collection time goes, against the plain FP32 pass, on ``samples`` samples,
+    measuring the activations of ``scope`` (``all`` or ``qdq``, as ``--tensors``)."""
     import onnxruntime as ort
 
+    from quantlab.calibrate import select_tensors
     from quantlab.collector import ActivationCollector
     from quantlab.graph import load_model
     from quantlab.preprocess import Batch
@@ -253,7 +255,8 @@ def anatomy(load: dict, samples: int) -> dict:
     for i in range(0, len(x), BATCH):
         session.run(None, {load["input"]: x[i:i + BATCH]})
     fp32 = time.perf_counter() - start
-    collector = ActivationCollector(load_model(load["model"]))
+    graph = load_model(load["model"])
+    collector = ActivationCollector(graph, select_tensors(graph, scope))
     start = time.perf_counter()
     for i in range(0, len(x), BATCH):
         collector.update(Batch({load["input"]: x[i:i + BATCH]}, None, np.arange(i, min(i + BATCH, len(x)))))
@@ -261,7 +264,7 @@ def anatomy(load: dict, samples: int) -> dict:
     collector.close()
     stats = collector.statistics
     values = sum(int(h.counts.sum()) + h.nan_count + h.inf_count for h in stats.tensors.values())
-    return {"samples": samples, "tensors": len(stats.tensors), "values_per_sample": values / samples,
+    return {"scope": scope, "samples": samples, "tensors": len(stats.tensors), "values_per_sample": values / samples,
             "fp32_pass_s": fp32, "collect_s": total, "threads": collector.threads, **collector.seconds}
 
 
@@ -324,18 +327,27 @@ def render(result: dict) -> str:
             multiple = r["seconds"] / floor[r["samples"]] if r["seconds"] and floor.get(r["samples"]) else None
             lines.append(f"| {r['tool']} | {r['samples']} | {fmt(r['seconds'])} | {fmt(r['peak_rss_mib'], '.0f')} | "
                          f"{fmt(multiple, '.1f')} | {(r['error'] or '')[:160]} |")
-        a = w.get("anatomy")
-        if a:
-            per = 1e3 / a["samples"]
-            lines += ["", f"**Where quantlab's collection time goes** ({a['samples']} samples, {a['tensors']} "
-                      f"activations, {a['values_per_sample'] / 1e6:.2f} M activation values per sample, histograms on "
-                      f"{a['threads']} threads):", "",
-                      "| per sample | ms |", "|---|---|",
-                      f"| plain FP32 pass (the floor) | {a['fp32_pass_s'] * per:.2f} |",
-                      f"| inference with every activation as an output | {a['inference'] * per:.2f} |",
-                      f"| filling the histograms | {a['histograms'] * per:.2f} "
-                      f"({a['histograms'] / (a['samples'] * a['values_per_sample']) * 1e9:.2f} ns per value) |",
-                      f"| whole collection | {a['collect_s'] * per:.2f} |"]
+        scopes = w.get("anatomy") or {}
+        if "samples" in scopes:  # one scope, as first written
+            scopes = {"all": scopes}
+        if scopes:
+            first = next(iter(scopes.values()))
+            lines += ["", f"**Where quantlab's collection time goes** ({first['samples']} samples, batches of {BATCH}, "
+                      f"histograms on {first['threads']} threads; `--tensors all` measures every activation, "
+                      "`--tensors qdq` only the inputs of Conv/Gemm/MatMul that a Q/DQ model quantizes):", "",
+                      "| per sample, ms | " + " | ".join(f"`--tensors {s}`" for s in scopes) + " |",
+                      "|---|" + "---|" * len(scopes)]
+            per = {s: 1e3 / a["samples"] for s, a in scopes.items()}
+            rows = [("activations measured",
+                     lambda a, k: f"{a['tensors']} ({a['values_per_sample'] / 1e6:.2f} M values)"),
+                    ("plain FP32 pass (the floor)", lambda a, k: f"{a['fp32_pass_s'] * k:.2f}"),
+                    ("inference with the measured activations as outputs", lambda a, k: f"{a['inference'] * k:.2f}"),
+                    ("filling the histograms", lambda a, k: f"{a['histograms'] * k:.2f} "
+                     f"({a['histograms'] / (a['samples'] * a['values_per_sample']) * 1e9:.2f} ns/value)"),
+                    ("whole collection", lambda a, k: f"{a['collect_s'] * k:.2f}"),
+                    ("collection / FP32 pass", lambda a, k: f"{a['collect_s'] / a['fp32_pass_s']:.1f}x")]
+            for label, cell in rows:
+                lines.append(f"| {label} | " + " | ".join(cell(a, per[s]) for s, a in scopes.items()) + " |")
         acc = w.get("accuracy")
         if acc:
             lines += ["", f"**INT8 accuracy** on the {acc['samples']:,} Fashion-MNIST test images (the whole test "
@@ -431,12 +443,16 @@ def main() -> None:
     parser.add_argument("--memory-gib", type=float, default=16.0, help="address-space cap of each child")
     parser.add_argument("--timeout", type=float, default=1200.0, help="seconds per child run")
     parser.add_argument("--kl-samples", type=int, default=256, help="samples behind the KL-search histograms")
+    parser.add_argument("--parts", choices=["kl", "anatomy", "e2e"], nargs="+", default=["kl", "anatomy", "e2e"],
+                        help="which measurements to (re)run; the others keep their numbers from the JSON")
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the JSON")
     args = parser.parse_args()
     path = ROOT / "reports" / "benchmarks.json"
     previous = json.loads(path.read_text()) if path.exists() else {}
     if "workloads" not in previous:  # a file from before the workloads split: start afresh
         previous = {}
+    # Keep only per-workload KL results (files from before the split held one flat result).
+    previous["kl"] = {k: v for k, v in previous.get("kl", {}).items() if isinstance(v, dict) and "tensors" in v}
     if args.render_only:
         text = render(previous)
         (ROOT / "reports" / "benchmarks.md").write_text(text)
@@ -458,14 +474,18 @@ def main() -> None:
     for name in args.workload:
         load = workload(name)
         print(f"== {name}", file=sys.stderr, flush=True)
-        result["kl"][name] = kl_search(load, repeats=5, samples=args.kl_samples)
-        entry = {"label": load["label"], "trained": load["trained"], "anatomy": anatomy(load, 256)}
-        with tempfile.TemporaryDirectory() as models:
-            entry["end_to_end"] = end_to_end(load, args.sizes, args.repeats, args.memory_gib, args.timeout,
-                                             Path(models))
-            if load["trained"]:
-                entry["accuracy"] = evaluate_models(Path(models), load["tools"])
-        result["workloads"][name] = entry
+        entry = result["workloads"].setdefault(name, {})
+        entry.update(label=load["label"], trained=load["trained"])
+        if "kl" in args.parts:
+            result["kl"][name] = kl_search(load, repeats=5, samples=args.kl_samples)
+        if "anatomy" in args.parts:
+            entry["anatomy"] = {scope: anatomy(load, 256, scope) for scope in ("all", "qdq")}
+        if "e2e" in args.parts:
+            with tempfile.TemporaryDirectory() as models:
+                entry["end_to_end"] = end_to_end(load, args.sizes, args.repeats, args.memory_gib, args.timeout,
+                                                 Path(models))
+                if load["trained"]:
+                    entry["accuracy"] = evaluate_models(Path(models), load["tools"])
         path.write_text(json.dumps(result, indent=1, default=float) + "\n")
     text = render(result)
     (ROOT / "reports" / "benchmarks.md").write_text(text)
