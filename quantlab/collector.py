@@ -25,6 +25,10 @@ from .preprocess import Batch
 from .statistics import Statistics
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+# Activations one ONNX Runtime run may produce before a batch is run in slices. Past a few hundred
+# MiB the values no longer come back from cache between the run and the histograms, and memory
+# grows with --batch-size for nothing: the histograms do not depend on how samples are grouped.
+ACTIVATION_BUDGET = 512 << 20
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
@@ -54,18 +58,21 @@ class ActivationCollector:
     Usable piecewise (``update`` per batch) or in one go (``collect``); ``statistics`` holds
     the result at any time.
 
-    Two things keep collection close to the cost of inference. ONNX Runtime writes the
-    activations of a batch into output buffers that are allocated once per input shape and
-    reused (an ImageNet-sized MobileNetV2 produces 1.7 GB of activations per batch of 32:
-    fresh buffers for each batch cost more page faults than the convolutions cost time).
+    Three things keep collection close to the cost of inference. A batch whose activations would
+    exceed ``ACTIVATION_BUDGET`` is run in equal slices (an ImageNet-sized MobileNetV2 makes
+    1.7 GB of activations per batch of 32: sliced, memory stays a few hundred MiB and the values
+    are still in cache when the histograms read them). ONNX Runtime writes the activations into
+    output buffers allocated once per input shape and reused (fresh buffers for each run cost
+    more page faults than the convolutions cost time).
     And the histograms of one batch are filled on ``threads`` threads, one tensor per task:
     numpy's passes and ``bincount`` release the GIL.
     """
 
     def __init__(self, graph: ModelGraph, tensors: Optional[Sequence[str]] = None,
                  bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
-                 threads: Optional[int] = None):
+                 threads: Optional[int] = None, activation_budget: int = ACTIVATION_BUDGET):
         self.graph = graph
+        self.activation_budget = activation_budget
         names = list(tensors if tensors is not None else graph.activations)
         # Model inputs are histogrammed straight from the feeds, not echoed back by the session.
         self.input_names = [n for n in names if n in {spec.name for spec in graph.inputs}]
@@ -76,15 +83,42 @@ class ActivationCollector:
         self.threads = max(1, threads if threads is not None else available_cpus())
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.seconds = {"inference": 0.0, "histograms": 0.0}  # where collection time went
+        self.runs = 0  # ONNX Runtime runs so far
         self._checked = False
-        self._buffers: Optional[tuple[tuple, list[np.ndarray]]] = None  # (input shapes, outputs)
+        self._buffers: dict[tuple, list[np.ndarray]] = {}  # input shapes -> reused outputs, at most 2
+        # Samples per run, once the first run told how many bytes of activations a sample makes.
+        # A model with a fixed batch dimension is always run whole.
+        self._slice: Optional[int] = None
+        self._fixed_batch = any(spec.fixed_batch is not None for spec in graph.inputs)
 
     def update(self, batch: Batch) -> None:
-        """Run one batch and fold its activations in."""
+        """Run one batch (in slices if its activations would exceed the budget) and fold it in."""
+        count = len(batch.indices)
+        inputs = batch.inputs
+        if self._slice is None and count > 1 and not self._fixed_batch:
+            # Learn the activation bytes of one sample before running a whole batch.
+            self._fold({name: value[:1] for name, value in inputs.items()})
+            inputs, count = {name: value[1:] for name, value in inputs.items()}, count - 1
+        if self._slice is None or self._slice >= count or self._fixed_batch:
+            self._fold(inputs)
+        else:
+            pieces = -(-count // self._slice)  # equal slices: at most two shapes of output buffers
+            bounds = np.linspace(0, count, pieces + 1).astype(int)
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                self._fold({name: value[start:stop] for name, value in inputs.items()})
+        self.statistics.num_samples += len(batch.indices)
+        self.statistics.fingerprint.add(batch.inputs)
+
+    def _fold(self, inputs: dict[str, np.ndarray]) -> None:
         started = time.perf_counter()
-        named = list(zip(self.output_names, self._run(batch.inputs)))
+        outputs = self._run(inputs)
         ran = time.perf_counter()
-        named += [(name, np.asarray(batch.inputs[name])) for name in self.input_names]
+        if self._slice is None:
+            count = len(next(iter(inputs.values())))
+            per_sample = sum(o.nbytes for o in outputs) / max(count, 1)
+            self._slice = max(1, int(self.activation_budget // max(per_sample, 1)))
+        named = list(zip(self.output_names, outputs))
+        named += [(name, np.asarray(inputs[name])) for name in self.input_names]
         tensors = self.statistics.tensors
         if not self._checked:
             # Tensors whose type the graph did not state: keep the floating-point ones only.
@@ -102,31 +136,32 @@ class ActivationCollector:
                 future.result()
         self.seconds["inference"] += ran - started
         self.seconds["histograms"] += time.perf_counter() - ran
-        self.statistics.num_samples += len(batch.indices)
-        self.statistics.fingerprint.add(batch.inputs)
 
     def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
         """All requested outputs of one batch, written into reused buffers when possible."""
         shapes = tuple((name, np.shape(value)) for name, value in sorted(inputs.items()))
+        self.runs += 1
         try:
-            if self._buffers is not None and self._buffers[0] == shapes:
+            buffers = self._buffers.get(shapes)
+            if buffers is not None:
                 binding = self.session.io_binding()
                 feeds = {name: np.ascontiguousarray(value) for name, value in inputs.items()}  # alive until run
                 for name, value in feeds.items():
                     binding.bind_cpu_input(name, value)
-                for name, buffer in zip(self.output_names, self._buffers[1]):
+                for name, buffer in zip(self.output_names, buffers):
                     binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buffer))
                 self.session.run_with_iobinding(binding)
-                return self._buffers[1]
-            # First batch of this shape: let ONNX Runtime allocate, then keep its arrays as
-            # the buffers of the next batches (one shape at a time, so memory stays one batch).
-            self._buffers = None
-            outputs = self.session.run(self.output_names, inputs)
+                return buffers
+            # First run of this shape: let ONNX Runtime allocate, then keep its arrays as the
+            # buffers of the next runs. Two shapes at most (equal slices differ by one sample).
+            outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
         except Exception as exc:  # ORT's InvalidArgument, Fail, ...
             message = str(exc).strip().splitlines()[-1]
             raise DataError(f"ONNX Runtime rejected a batch of the data: {message}") from exc
         if all(isinstance(o, np.ndarray) and o.flags.c_contiguous and o.flags.writeable for o in outputs):
-            self._buffers = (shapes, outputs)
+            if len(self._buffers) >= 2:
+                self._buffers.pop(next(iter(self._buffers)))
+            self._buffers[shapes] = outputs
         return outputs
 
     def close(self) -> None:
@@ -134,7 +169,7 @@ class ActivationCollector:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        self._buffers = None
+        self._buffers.clear()
 
     def collect(self, batches: Iterable[Batch], total: Optional[int] = None,
                 progress: bool = True) -> Statistics:

@@ -80,3 +80,20 @@ def test_model_input_is_measured_from_the_feeds(tmp_path):
     assert "x" not in collector.output_names
     collector.update(Batch({"x": np.full((1, 2, 5, 5), -3.0, np.float32)}, None, np.arange(1)))
     assert collector.statistics.tensors["x"].min_value == -3.0
+
+
+def test_batches_over_the_activation_budget_are_run_in_slices_with_the_same_result(tmp_path):
+    graph = load_model(view_ops_model(tmp_path / "views.onnx"))
+    data = np.random.default_rng(2).standard_normal((10, 2, 5, 5)).astype(np.float32)
+    results, runs = [], []
+    for budget in (1, 6_000, 1 << 30):  # 2.4 kB a sample: slices of 1 sample, of 2, whole batches
+        collector = ActivationCollector(graph, threads=1, activation_budget=budget)
+        for start in range(0, 10, 5):
+            collector.update(Batch({"x": data[start:start + 5]}, None, np.arange(start, start + 5)))
+        collector.close()
+        results.append(collector.statistics)
+        runs.append(collector.runs)
+    assert runs[0] == 10 and runs[2] == 3  # whole batches: one sample alone first, then 4, then 5
+    assert runs[0] > runs[1] > runs[2]
+    assert results[0].num_samples == results[2].num_samples == 10
+    assert results[0].to_bytes() == results[1].to_bytes() == results[2].to_bytes()
