@@ -373,18 +373,24 @@ def at_top(w: dict) -> tuple[int, dict]:
 
 
 def headline(result: dict) -> list[str]:
-    out = ["| workload | tool | wall s | peak RSS MiB | x FP32 pass | INT8 top-1 (10k test) |",
-           "|---|---|---|---|---|---|"]
+    out = ["| workload | tool | wall s | speed vs fastest histogram peer | peak RSS MiB | x FP32 pass | "
+           "INT8 top-1 (10k test) |", "|---|---|---|---|---|---|---|"]
     for name, w in result["workloads"].items():
         top, at = at_top(w)
         acc = w.get("accuracy") or {}
+        peers = [t for t in HISTOGRAM_PEERS if t in at]
+        fastest = min(peers, key=lambda t: at[t]["seconds"]) if peers else None
         for r in (r for r in w["end_to_end"] if r["samples"] == top):
             floor = at.get("fp32-pass", {}).get("seconds")
             top1 = acc.get(r["tool"], {}).get("top1") if r["tool"] != "fp32-pass" else acc.get("fp32_top1")
-            wall = fmt(r["seconds"]) if not r["error"] else "failed"
-            out.append(f"| {name} | {r['tool']} | {wall} | {fmt(r['peak_rss_mib'], '.0f')} | "
+            wall = fmt(r["seconds"]) if not r["error"] else f"failed: {r['error'][:60]}"
+            speed = (f"{at[fastest]['seconds'] / r['seconds']:.1f}x" if fastest and r["seconds"]
+                     and r["tool"] != "fp32-pass" else "-")
+            out.append(f"| {name} | {r['tool']} | {wall} | {speed} | {fmt(r['peak_rss_mib'], '.0f')} | "
                        f"{fmt(r['seconds'] / floor if r['seconds'] and floor else None, '.1f')} | "
                        f"{fmt(top1, '.4f')} |")
+        if fastest:
+            out.append(f"| {name} | *fastest histogram peer: {fastest}* | | | | | |")
     return out
 
 
