@@ -437,6 +437,20 @@ def targets(result: dict) -> list[str]:
                 multiple = at[ours]["seconds"] / floor
                 out.append(f"- {name}: {ours} calibration <= 1.5x the plain FP32 pass: {multiple:.1f}x - "
                            f"**{'met' if multiple <= 1.5 else 'missed'}**")
+        scopes = w.get("anatomy") or {}
+        if "all" in scopes:
+            a = scopes["all"]
+            per = 1e3 / a["samples"]
+            why = (f"  - why, {name}: every one of the {a['values_per_sample'] / 1e6:.2f} M activation values of a "
+                   f"sample is histogrammed exactly; per sample that is {a['histograms'] * per:.2f} ms of histograms "
+                   f"({a['histograms'] / (a['samples'] * a['values_per_sample']) * 1e9:.2f} ns per value) and "
+                   f"{a['inference'] * per:.2f} ms of inference with every activation as an output, against "
+                   f"{a['fp32_pass_s'] * per:.2f} ms for the plain pass")
+            if "qdq" in scopes:
+                q = scopes["qdq"]
+                why += (f"; `--tensors qdq` ({q['values_per_sample'] / 1e6:.2f} M values) brings collection to "
+                        f"{q['collect_s'] / q['fp32_pass_s']:.1f}x the plain pass")
+            out.append(why)
     return out
 
 
