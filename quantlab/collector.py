@@ -63,9 +63,8 @@ class ActivationCollector:
     1.7 GB of activations per batch of 32: sliced, memory stays a few hundred MiB and the values
     are still in cache when the histograms read them). ONNX Runtime writes the activations into
     output buffers allocated once per input shape and reused (fresh buffers for each run cost
-    more page faults than the convolutions cost time).
-    And the histograms of one batch are filled on ``threads`` threads, one tensor per task:
-    numpy's passes and ``bincount`` release the GIL.
+    more page faults than the convolutions cost time). And the histograms of a run are filled
+    on ``threads`` threads, one tensor per task (numpy releases the GIL in its passes).
     """
 
     def __init__(self, graph: ModelGraph, tensors: Optional[Sequence[str]] = None,
@@ -115,7 +114,7 @@ class ActivationCollector:
         ran = time.perf_counter()
         if self._slice is None:
             count = len(next(iter(inputs.values())))
-            per_sample = sum(o.nbytes for o in outputs) / max(count, 1)
+            per_sample = sum(getattr(o, "nbytes", 0) for o in outputs) / max(count, 1)
             self._slice = max(1, int(self.activation_budget // max(per_sample, 1)))
         named = list(zip(self.output_names, outputs))
         named += [(name, np.asarray(inputs[name])) for name in self.input_names]
