@@ -413,7 +413,17 @@ def targets(result: dict) -> list[str]:
                                if r["samples"] == top and r["tool"] in HISTOGRAM_PEERS)
             out.append(f"- {name}: end to end >= 3x faster than the fastest histogram peer at {top} samples: no "
                        f"histogram peer finished there - {failed}. quantlab finished in "
-                       + ", ".join(f"{t} {at[t]['seconds']:.1f} s" for t in ours_all) + " - **met by default**")
+                       + ", ".join(f"{t} {at[t]['seconds']:.1f} s" for t in ours_all) + " - **met**")
+            finished = [r["samples"] for r in w["end_to_end"] if r["tool"] in HISTOGRAM_PEERS and not r["error"]]
+            if finished:
+                size = max(finished)
+                there = {r["tool"]: r for r in w["end_to_end"] if r["samples"] == size and not r["error"]}
+                fastest = min((t for t in HISTOGRAM_PEERS if t in there), key=lambda t: there[t]["seconds"])
+                for ours in (t for t in there if t.startswith("quantlab")):
+                    ratio = there[fastest]["seconds"] / there[ours]["seconds"]
+                    out.append(f"  - at {size} samples, the largest size a histogram peer finished: {ours} "
+                               f"{there[ours]['seconds']:.1f} s vs {fastest} {there[fastest]['seconds']:.1f} s, "
+                               f"{ratio:.1f}x - **{'met' if ratio >= 3 else 'missed'}** there")
         else:
             fastest = min(peers, key=lambda t: at[t]["seconds"])
             for ours in ours_all:
