@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import importlib
 import importlib.util
+import os
 import struct
 from collections.abc import Sequence
 from pathlib import Path
@@ -140,11 +141,10 @@ class ArrayDataset:
         self.labels: Optional[np.ndarray] = None
         self.inputs: dict[str, np.ndarray] | None = None
         try:
-            # .npy files are memory-mapped: only the samples in use are read, whatever the file's size.
-            loaded = np.load(path, allow_pickle=False, mmap_mode="r")
+            loaded = NpyRows(path) if path.suffix.lower() == ".npy" else np.load(path, allow_pickle=False)
         except (OSError, ValueError) as exc:
             raise DataError(f"cannot read {path} as a .npy/.npz array: {exc}") from exc
-        if isinstance(loaded, np.ndarray):
+        if isinstance(loaded, NpyRows):
             self.array = loaded
         else:
             with loaded:
@@ -179,6 +179,46 @@ class ArrayDataset:
         if self.inputs is not None:
             return {name: arr[index] for name, arr in self.inputs.items()}, label
         return self.array[index], label
+
+
+class NpyRows:
+    """The rows of a ``.npy`` file, read from disk one at a time as they are asked for.
+
+    Neither loaded whole nor memory-mapped: a mapping's touched pages stay in the process's
+    resident memory, so calibrating on 1,024 ImageNet-sized samples would add the whole 600 MB
+    file to the peak. Each row is one ``pread`` into a fresh array.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        with open(self.path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)  # 3.0 differs only in encoding
+            shape, fortran, dtype = read_header(handle)
+            self._offset = handle.tell()
+        if dtype.hasobject:
+            raise ValueError("object arrays are not supported (they need pickle)")
+        if fortran and len(shape) > 1:
+            raise ValueError("Fortran-ordered arrays are not supported; save it C-ordered (np.ascontiguousarray)")
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
+        self._row_shape = self.shape[1:]
+        self._row_bytes = int(np.prod(self._row_shape, dtype=np.int64)) * dtype.itemsize
+        expected = self._offset + (self.shape[0] if self.shape else 1) * self._row_bytes
+        size = self.path.stat().st_size
+        if size < expected:
+            raise ValueError(f"the file is truncated: {size} bytes, the header promises {expected}")
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        with open(self.path, "rb") as handle:
+            data = os.pread(handle.fileno(), self._row_bytes, self._offset + index * self._row_bytes)
+        return np.frombuffer(data, dtype=self.dtype).reshape(self._row_shape).copy()
 
 
 class ImageFolderDataset:

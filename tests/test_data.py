@@ -74,6 +74,23 @@ def test_npz_adapter_takes_x_and_y(tmp_path, calib_images):
     assert len(data) == 10 and data[3][1] == 3
 
 
+def test_npy_rows_are_read_on_demand_and_equal_the_array(tmp_path):
+    array = np.random.default_rng(0).standard_normal((5, 3, 4)).astype(np.float32)
+    np.save(tmp_path / "x.npy", array)
+    data = ArrayDataset(tmp_path / "x.npy")
+    assert len(data) == 5
+    assert all(np.array_equal(data[i][0], array[i]) for i in range(5))
+    assert data[2][0].flags.writeable  # a private copy, not a view of a mapping
+
+
+def test_truncated_npy_file_is_a_clear_error(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((4, 8), np.float32))
+    whole = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "cut.npy").write_bytes(whole[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        ArrayDataset(tmp_path / "cut.npy")
+
+
 def test_callable_adapter_loads_module_function(tmp_path, calib_images):
     np.save(tmp_path / "imgs.npy", calib_images[:5])
     (tmp_path / "loader.py").write_text(
