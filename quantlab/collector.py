@@ -28,7 +28,7 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # Activations one ONNX Runtime run may produce before a batch is run in slices. Past a few hundred
 # MiB the values no longer come back from cache between the run and the histograms, and memory
 # grows with --batch-size for nothing: the histograms do not depend on how samples are grouped.
-ACTIVATION_BUDGET = 512 << 20
+ACTIVATION_BUDGET = 256 << 20
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
