@@ -34,6 +34,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -190,7 +191,11 @@ def kl_search(load: dict, repeats: int, samples: int) -> dict:
 
 
 def run_child(tool: str, load: dict, data: str, work: str, memory_gib: float, timeout: float) -> dict:
-    command = [sys.executable, "-c", CHILD, tool, str(load["model"]), data, work, load["input"], str(memory_gib)]
+    # Each run gets its own copy of the model: ModelOpt writes shape information back into the
+    # ONNX file it is given, which must not touch the embedded model or the next tool's input.
+    model = Path(work) / "fp32.onnx"
+    shutil.copyfile(load["model"], model)
+    command = [sys.executable, "-c", CHILD, tool, str(model), data, work, load["input"], str(memory_gib)]
     try:
         out = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

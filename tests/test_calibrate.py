@@ -186,3 +186,9 @@ def test_qdq_scope_gives_the_same_ranges_as_measuring_everything(graph, calib_im
 def test_unknown_tensor_scope_is_refused(graph):
     with pytest.raises(QuantlabError, match="unknown tensor scope"):
         select_tensors(graph, "some")
+
+
+def test_embedded_model_is_the_one_the_reports_were_made_with():
+    import hashlib
+
+    assert hashlib.sha256(defaults.MODEL.read_bytes()).hexdigest() == defaults.MODEL_SHA256

@@ -14,6 +14,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODEL = HERE / "fashion_mnist_cnn.onnx"
+# The bytes the committed reports (reports/fashion_mnist_cnn) were made with.
+MODEL_SHA256 = "e8e056b413e1c8f7db1221ca043b4a7fa7012a5e804821016149dae4c6e9b98a"
 CALIBRATION_DATA = HERE / "calib-images-idx3-ubyte.gz"
 HELDOUT_DATA = HERE / "heldout-images-idx3-ubyte.gz"
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
