@@ -85,6 +85,7 @@ class ActivationCollector:
         self.runs = 0  # ONNX Runtime runs so far
         self._checked = False
         self._buffers: dict[tuple, list[np.ndarray]] = {}  # input shapes -> reused outputs, at most 2
+        self._used: set[tuple] = set()  # input shapes run in the current batch
         # Samples per run, once the first run told how many bytes of activations a sample makes.
         # A model with a fixed batch dimension is always run whole.
         self._slice: Optional[int] = None
@@ -105,6 +106,10 @@ class ActivationCollector:
             bounds = np.linspace(0, count, pieces + 1).astype(int)
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 self._fold({name: value[start:stop] for name, value in inputs.items()})
+        # Keep only the buffers this batch used: the one-sample probe and the first batch's
+        # remainder are not needed again, and memory stays at one batch of activations.
+        self._buffers = {shape: outputs for shape, outputs in self._buffers.items() if shape in self._used}
+        self._used.clear()
         self.statistics.num_samples += len(batch.indices)
         self.statistics.fingerprint.add(batch.inputs)
 
@@ -140,6 +145,7 @@ class ActivationCollector:
         """All requested outputs of one batch, written into reused buffers when possible."""
         shapes = tuple((name, np.shape(value)) for name, value in sorted(inputs.items()))
         self.runs += 1
+        self._used.add(shapes)
         try:
             buffers = self._buffers.get(shapes)
             if buffers is not None:

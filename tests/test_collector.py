@@ -97,3 +97,12 @@ def test_batches_over_the_activation_budget_are_run_in_slices_with_the_same_resu
     assert runs[0] > runs[1] > runs[2]
     assert results[0].num_samples == results[2].num_samples == 10
     assert results[0].to_bytes() == results[1].to_bytes() == results[2].to_bytes()
+
+
+def test_buffers_of_shapes_no_longer_in_use_are_released(tmp_path):
+    graph = load_model(view_ops_model(tmp_path / "views.onnx"))
+    data = np.zeros((12, 2, 5, 5), np.float32)
+    collector = ActivationCollector(graph, threads=1)
+    for start in range(0, 12, 4):  # the first batch runs as 1 + 3 samples, the next ones whole
+        collector.update(Batch({"x": data[start:start + 4]}, None, np.arange(start, start + 4)))
+    assert [dict(shape)["x"][0] for shape in collector._buffers] == [4]
