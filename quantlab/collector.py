@@ -106,9 +106,6 @@ class ActivationCollector:
             bounds = np.linspace(0, count, pieces + 1).astype(int)
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 self._fold({name: value[start:stop] for name, value in inputs.items()})
-        # Keep only the buffers this batch used: the one-sample probe and the first batch's
-        # remainder are not needed again, and memory stays at one batch of activations.
-        self._buffers = {shape: outputs for shape, outputs in self._buffers.items() if shape in self._used}
         self._used.clear()
         self.statistics.num_samples += len(batch.indices)
         self.statistics.fingerprint.add(batch.inputs)
@@ -158,13 +155,15 @@ class ActivationCollector:
                 self.session.run_with_iobinding(binding)
                 return buffers
             # First run of this shape: let ONNX Runtime allocate, then keep its arrays as the
-            # buffers of the next runs. Two shapes at most (equal slices differ by one sample).
+            # buffers of the next runs. Buffers of shapes this batch has not used (the one-sample
+            # probe, the first batch's remainder) go first, so memory stays one batch.
+            self._buffers = {shape: kept for shape, kept in self._buffers.items() if shape in self._used}
             outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
         except Exception as exc:  # ORT's InvalidArgument, Fail, ...
             message = str(exc).strip().splitlines()[-1]
             raise DataError(f"ONNX Runtime rejected a batch of the data: {message}") from exc
         if all(isinstance(o, np.ndarray) and o.flags.c_contiguous and o.flags.writeable for o in outputs):
-            if len(self._buffers) >= 2:
+            if len(self._buffers) >= 2:  # equal slices differ by one sample: two shapes a batch
                 self._buffers.pop(next(iter(self._buffers)))
             self._buffers[shapes] = outputs
         return outputs
