@@ -61,10 +61,10 @@ if tool.startswith("quantlab"):
     from quantlab import DataSpec, calibrate
     from quantlab.graph import load_model
     from quantlab.qdq import export_qdq
-    method = tool.split("-", 1)[1]
+    method, _, scope = tool.split("-", 1)[1].partition("-")
     params = {"p": 99.99} if method == "percentile" else {}
     result = calibrate(model, DataSpec(data, batch_size=BATCH), method=method, params=params,
-                       output=workdir + "/q.cache", progress=False)
+                       tensors=scope or "all", output=workdir + "/q.cache", progress=False)
     qdq, _ = export_qdq(load_model(model), result.table.activations, result.table.weights)
     open(workdir + "/int8.onnx", "wb").write(qdq.SerializeToString())
 elif tool == "fp32-pass":
@@ -106,7 +106,8 @@ hwm_kib = next(int(line.split()[1]) for line in open("/proc/self/status") if lin
 print(json.dumps({"seconds": seconds, "peak_rss_mib": hwm_kib / 1024}))
 '''
 
-QUANTLAB = ["quantlab-entropy", "quantlab-percentile"]
+# "-qdq": --tensors qdq, only the activations the Q/DQ model quantizes (what the peers' Q/DQ output needs).
+QUANTLAB = ["quantlab-entropy", "quantlab-percentile", "quantlab-entropy-qdq"]
 ORT = ["ort-minmax", "ort-entropy", "ort-entropy-2048", "ort-percentile"]
 MODELOPT = ["modelopt-entropy", "modelopt-max"]
 HISTOGRAM_PEERS = ["ort-entropy", "ort-entropy-2048", "ort-percentile", "modelopt-entropy"]
@@ -480,6 +481,7 @@ def main() -> None:
     parser.add_argument("--kl-samples", type=int, default=256, help="samples behind the KL-search histograms")
     parser.add_argument("--parts", choices=["kl", "anatomy", "e2e"], nargs="+", default=["kl", "anatomy", "e2e"],
                         help="which measurements to (re)run; the others keep their numbers from the JSON")
+    parser.add_argument("--tools", nargs="+", help="run only these tools; their rows replace the JSON's")
     parser.add_argument("--render-only", action="store_true", help="re-render the Markdown from the JSON")
     args = parser.parse_args()
     path = ROOT / "reports" / "benchmarks.json"
@@ -516,11 +518,21 @@ def main() -> None:
         if "anatomy" in args.parts:
             entry["anatomy"] = {scope: anatomy(load, 256, scope) for scope in ("all", "qdq")}
         if "e2e" in args.parts:
+            if args.tools:
+                load["tools"] = [t for t in load["tools"] if t in args.tools]
             with tempfile.TemporaryDirectory() as models:
-                entry["end_to_end"] = end_to_end(load, args.sizes, args.repeats, args.memory_gib, args.timeout,
-                                                 Path(models))
-                if load["trained"]:
-                    entry["accuracy"] = evaluate_models(Path(models), load["tools"])
+                rows = end_to_end(load, args.sizes, args.repeats, args.memory_gib, args.timeout, Path(models))
+                accuracy = evaluate_models(Path(models), load["tools"]) if load["trained"] else None
+            if args.tools:  # merge: the new rows replace those of the same tool and size
+                fresh = {(r["tool"], r["samples"]) for r in rows}
+                kept = [r for r in entry.get("end_to_end", []) if (r["tool"], r["samples"]) not in fresh]
+                order = {t: i for i, t in enumerate(workload(name)["tools"])}
+                rows = sorted(kept + rows, key=lambda r: (r["samples"], order.get(r["tool"], 99)))
+                if accuracy is not None:
+                    accuracy = {**entry.get("accuracy", {}), **accuracy}
+            entry["end_to_end"] = rows
+            if accuracy is not None:
+                entry["accuracy"] = accuracy
         path.write_text(json.dumps(result, indent=1, default=float) + "\n")
     text = render(result)
     (ROOT / "reports" / "benchmarks.md").write_text(text)
