@@ -178,7 +178,7 @@ def main() -> None:
         "",
         "## Peak memory of a whole `calibrate` process (own process each)",
         "",
-        "| samples | calibrate (s) | peak RSS (MiB) | of which the input .npy read whole (MiB) |",
+        "| samples | calibrate (s) | peak RSS (MiB) | input .npy file (MiB; read a sample at a time) |",
         "|---|---|---|---|",
     ]
     for row in memory:
