@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
@@ -32,7 +32,7 @@ ACTIVATION_BUDGET = 256 << 20
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
-                 threads: int = 0) -> ort.InferenceSession:
+                 threads: int = 0, spinning: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session on the given providers (CPU by default), checked to exist."""
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
@@ -46,6 +46,8 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
+    if not spinning:  # idle ONNX Runtime threads sleep instead of spinning on cores others need
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(model_bytes, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own exception types
@@ -58,13 +60,14 @@ class ActivationCollector:
     Usable piecewise (``update`` per batch) or in one go (``collect``); ``statistics`` holds
     the result at any time.
 
-    Three things keep collection close to the cost of inference. A batch whose activations would
+    Four things keep collection close to the cost of inference. A batch whose activations would
     exceed ``ACTIVATION_BUDGET`` is run in equal slices (an ImageNet-sized MobileNetV2 makes
     1.7 GB of activations per batch of 32: sliced, memory stays a few hundred MiB and the values
     are still in cache when the histograms read them). ONNX Runtime writes the activations into
     output buffers allocated once per input shape and reused (fresh buffers for each run cost
-    more page faults than the convolutions cost time). And the histograms of a run are filled
-    on ``threads`` threads, one tensor per task (numpy releases the GIL in its passes).
+    more page faults than the convolutions cost time). The histograms of a run are filled on
+    ``threads`` threads, one tensor per task. And the next run's inference proceeds on its own
+    thread while those histograms are filled (see ``_process``).
     """
 
     def __init__(self, graph: ModelGraph, tensors: Optional[Sequence[str]] = None,
@@ -76,7 +79,7 @@ class ActivationCollector:
         # Model inputs are histogrammed straight from the feeds, not echoed back by the session.
         self.input_names = [n for n in names if n in {spec.name for spec in graph.inputs}]
         extended = add_outputs(graph.model, [n for n in names if n not in self.input_names])
-        self.session = make_session(extended.SerializeToString(), providers)
+        self.session = make_session(extended.SerializeToString(), providers, spinning=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.statistics = Statistics.empty(graph.sha256, names, bins)
         self.threads = max(1, threads if threads is not None else available_cpus())
@@ -84,8 +87,9 @@ class ActivationCollector:
         self.seconds = {"inference": 0.0, "histograms": 0.0}  # where collection time went
         self.runs = 0  # ONNX Runtime runs so far
         self._checked = False
-        self._buffers: dict[tuple, list[np.ndarray]] = {}  # input shapes -> reused outputs, at most 2
-        self._used: set[tuple] = set()  # input shapes run in the current batch
+        # Two slots of reused output buffers (input shapes -> outputs), one shape each.
+        self._buffers: list[dict[tuple, list[np.ndarray]]] = [{}, {}]
+        self._runner = ThreadPoolExecutor(1, thread_name_prefix="quantlab-inference")
         # Samples per run, once the first run told how many bytes of activations a sample makes.
         # A model with a fixed batch dimension is always run whole.
         self._slice: Optional[int] = None
@@ -93,27 +97,54 @@ class ActivationCollector:
 
     def update(self, batch: Batch) -> None:
         """Run one batch (in slices if its activations would exceed the budget) and fold it in."""
-        count = len(batch.indices)
-        inputs = batch.inputs
-        if self._slice is None and count > 1 and not self._fixed_batch:
-            # Learn the activation bytes of one sample before running a whole batch.
-            self._fold({name: value[:1] for name, value in inputs.items()})
-            inputs, count = {name: value[1:] for name, value in inputs.items()}, count - 1
-        if self._slice is None or self._slice >= count or self._fixed_batch:
-            self._fold(inputs)
-        else:
-            pieces = -(-count // self._slice)  # equal slices: at most two shapes of output buffers
-            bounds = np.linspace(0, count, pieces + 1).astype(int)
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                self._fold({name: value[start:stop] for name, value in inputs.items()})
-        self._used.clear()
-        self.statistics.num_samples += len(batch.indices)
-        self.statistics.fingerprint.add(batch.inputs)
+        self._process([batch])
 
-    def _fold(self, inputs: dict[str, np.ndarray]) -> None:
+    def _process(self, batches: Iterable[Batch], done: Optional[Callable[[int], object]] = None) -> None:
+        """Run and fold ``batches``; the inference of one run overlaps the histograms of the one before.
+
+        ONNX Runtime releases the GIL while it computes and numpy's ``bincount`` holds it, so
+        while the histogram threads queue on the GIL a core is free for the next inference.
+        Runs alternate between two sets of output buffers (slot = run number % 2), so a run
+        never writes into buffers whose histograms are still being filled.
+        """
+        pending = None  # (future, inputs) of the run whose histograms come next
+        for batch in batches:
+            for inputs in self._runs_of(batch):
+                slot, self.runs = self.runs % 2, self.runs + 1
+                future = self._runner.submit(self._run, inputs, slot)
+                if self._slice is None:  # the probe: its size decides how the rest is sliced
+                    self._fold(future, inputs)
+                    continue
+                if pending is not None:
+                    self._fold(*pending)
+                pending = (future, inputs)
+            self.statistics.num_samples += len(batch.indices)
+            self.statistics.fingerprint.add(batch.inputs)
+            if done is not None:
+                done(len(batch.indices))
+        if pending is not None:
+            self._fold(*pending)
+
+    def _runs_of(self, batch: Batch) -> Iterator[dict[str, np.ndarray]]:
+        """The inputs of each ONNX Runtime run of ``batch``: a one-sample probe first (once, to
+        learn a sample's activation bytes; it is folded before this generator resumes), then
+        equal slices that fit the budget, or the whole batch."""
+        inputs, count = batch.inputs, len(batch.indices)
+        if self._slice is None and count > 1 and not self._fixed_batch:
+            yield {name: value[:1] for name, value in inputs.items()}
+            inputs, count = {name: value[1:] for name, value in inputs.items()}, count - 1
+        if self._slice is None or self._fixed_batch or self._slice >= count:
+            yield inputs
+            return
+        # Slices of one size (a divisor of the count): each buffer slot keeps a single shape.
+        size = max(d for d in range(1, self._slice + 1) if count % d == 0)
+        for start in range(0, count, size):
+            yield {name: value[start:start + size] for name, value in inputs.items()}
+
+    def _fold(self, future: Future, inputs: dict[str, np.ndarray]) -> None:
+        """Wait for one run's activations and fill the histograms with them."""
+        outputs = future.result()
         started = time.perf_counter()
-        outputs = self._run(inputs)
-        ran = time.perf_counter()
         if self._slice is None:
             count = len(next(iter(inputs.values())))
             per_sample = sum(getattr(o, "nbytes", 0) for o in outputs) / max(count, 1)
@@ -133,18 +164,16 @@ class ActivationCollector:
             for hist, value in work:
                 hist.update(value)
         else:
-            for future in [self._pool.submit(hist.update, value) for hist, value in work]:
-                future.result()
-        self.seconds["inference"] += ran - started
-        self.seconds["histograms"] += time.perf_counter() - ran
+            for task in [self._pool.submit(hist.update, value) for hist, value in work]:
+                task.result()
+        self.seconds["histograms"] += time.perf_counter() - started
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """All requested outputs of one batch, written into reused buffers when possible."""
+    def _run(self, inputs: dict[str, np.ndarray], slot: int) -> list[np.ndarray]:
+        """All requested outputs of one run, written into the reused buffers of ``slot``."""
+        started = time.perf_counter()
         shapes = tuple((name, np.shape(value)) for name, value in sorted(inputs.items()))
-        self.runs += 1
-        self._used.add(shapes)
         try:
-            buffers = self._buffers.get(shapes)
+            buffers = self._buffers[slot].get(shapes)
             if buffers is not None:
                 binding = self.session.io_binding()
                 feeds = {name: np.ascontiguousarray(value) for name, value in inputs.items()}  # alive until run
@@ -153,19 +182,19 @@ class ActivationCollector:
                 for name, buffer in zip(self.output_names, buffers):
                     binding.bind_ortvalue_output(name, ort.OrtValue.ortvalue_from_numpy(buffer))
                 self.session.run_with_iobinding(binding)
-                return buffers
-            # First run of this shape: let ONNX Runtime allocate, then keep its arrays as the
-            # buffers of the next runs. Buffers of shapes this batch has not used (the one-sample
-            # probe, the first batch's remainder) go first, so memory stays one batch.
-            self._buffers = {shape: kept for shape, kept in self._buffers.items() if shape in self._used}
-            outputs = self.session.run(self.output_names, {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+                outputs = buffers
+            else:
+                # First run of this shape in this slot: drop the slot's old buffers, let ONNX
+                # Runtime allocate, and keep its arrays as the slot's buffers from now on.
+                self._buffers[slot] = {}
+                outputs = self.session.run(self.output_names,
+                                           {k: np.ascontiguousarray(v) for k, v in inputs.items()})
+                if all(isinstance(o, np.ndarray) and o.flags.c_contiguous and o.flags.writeable for o in outputs):
+                    self._buffers[slot][shapes] = outputs
         except Exception as exc:  # ORT's InvalidArgument, Fail, ...
             message = str(exc).strip().splitlines()[-1]
             raise DataError(f"ONNX Runtime rejected a batch of the data: {message}") from exc
-        if all(isinstance(o, np.ndarray) and o.flags.c_contiguous and o.flags.writeable for o in outputs):
-            if len(self._buffers) >= 2:  # equal slices differ by one sample: two shapes a batch
-                self._buffers.pop(next(iter(self._buffers)))
-            self._buffers[shapes] = outputs
+        self.seconds["inference"] += time.perf_counter() - started
         return outputs
 
     def close(self) -> None:
@@ -173,15 +202,14 @@ class ActivationCollector:
         if self._pool is not None:
             self._pool.shutdown()
             self._pool = None
-        self._buffers.clear()
+        self._runner.shutdown()
+        self._buffers = [{}, {}]
 
     def collect(self, batches: Iterable[Batch], total: Optional[int] = None,
                 progress: bool = True) -> Statistics:
         with tqdm(total=total, unit="sample", desc="collecting", disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
-            for batch in batches:
-                self.update(batch)
-                bar.update(len(batch.indices))
+            self._process(batches, bar.update)
         self.close()
         return self.statistics
 

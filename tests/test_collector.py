@@ -105,4 +105,4 @@ def test_buffers_of_shapes_no_longer_in_use_are_released(tmp_path):
     collector = ActivationCollector(graph, threads=1)
     for start in range(0, 12, 4):  # the first batch runs as 1 + 3 samples, the next ones whole
         collector.update(Batch({"x": data[start:start + 4]}, None, np.arange(start, start + 4)))
-    assert [dict(shape)["x"][0] for shape in collector._buffers] == [4]
+    assert [dict(shape)["x"][0] for slot in collector._buffers for shape in slot] == [4, 4]
