@@ -72,6 +72,12 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
                        'file, e.g. {"resize": [256, 256], "crop": [224, 224], "mean": [...]}')
     group.add_argument("--provider", action="append", metavar="NAME",
                        help="ONNX Runtime execution provider (repeatable; default CPUExecutionProvider)")
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
+
+
+def _add_collection_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of the commands that collect statistics (calibrate, collect, sweep)."""
+    group = parser.add_argument_group("statistics")
     group.add_argument("--bins", type=int, default=DEFAULT_BINS,
                        help=f"histogram bins, a power of two (default {DEFAULT_BINS})")
     group.add_argument("--tensors", choices=TENSOR_SCOPES, default="all",
@@ -81,7 +87,6 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
     group.add_argument("--threads", type=int, metavar="N",
                        help="threads filling the histograms (default: every CPU this process may use); "
                        "results do not depend on it")
-    group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
 def _data_spec(args: argparse.Namespace) -> DataSpec:
@@ -149,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
     _add_data_arguments(cal)
+    _add_collection_arguments(cal)
     cal.set_defaults(func=cmd_calibrate)
 
     col = sub.add_parser("collect", help="collect activation statistics into a file",
@@ -157,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     col.add_argument("-o", "--output", required=True, metavar="FILE", help="statistics file (.npz)")
     _add_data_arguments(col)
+    _add_collection_arguments(col)
     col.set_defaults(func=cmd_collect)
 
     mrg = sub.add_parser("merge-stats", help="merge statistics files of data shards",
@@ -231,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--zero-amax", type=float, metavar="VALUE", help="as for calibrate")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(swp)
+    _add_collection_arguments(swp)
     swp.set_defaults(func=cmd_sweep)
 
     bld = sub.add_parser("build", help="build a TensorRT INT8 engine (needs TensorRT and a GPU)",

@@ -134,3 +134,8 @@ def test_thread_count_does_not_change_the_cache(tmp_path):
     for threads in ("1", "2"):
         run_cli("calibrate", "--threads", threads, "-o", f"t{threads}.cache", "-q", cwd=tmp_path, check=True)
     assert (tmp_path / "t1.cache").read_bytes() == (tmp_path / "t2.cache").read_bytes()
+
+
+def test_compare_does_not_take_options_it_would_ignore(tmp_path):
+    proc = run_cli("compare", "--threads", "2", cwd=tmp_path)
+    assert proc.returncode == 2 and "unrecognized arguments: --threads" in proc.stderr
