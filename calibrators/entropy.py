@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from calibrators._common import as_histogram
+from ._common import as_histogram
 
 # Candidates whose fast score is within this distance of the best are re-scored exactly.
 _RESCORE_ABS = 1e-9

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibrators._common import as_histogram, last_nonzero_edge
+from ._common import as_histogram, last_nonzero_edge
 
 
 class MaxCalibrator:

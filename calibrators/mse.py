@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from calibrators._common import as_histogram
+from ._common import as_histogram
 
 
 class MseCalibrator:

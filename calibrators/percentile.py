@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from calibrators._common import as_histogram
+from ._common import as_histogram
 
 
 class PercentileCalibrator:

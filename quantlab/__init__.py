@@ -9,28 +9,55 @@ The public API::
 Stages of the data flow, one module each: :mod:`quantlab.graph` (what to measure),
 :mod:`quantlab.data` and :mod:`quantlab.preprocess` (samples), :mod:`quantlab.collector`
 (ONNX Runtime run), :mod:`quantlab.histogram` and :mod:`quantlab.statistics` (streaming
-statistics), the ``calibrators`` plugins (amax), :mod:`quantlab.weights` (per-channel weight
+statistics), the :mod:`quantlab.calibrators` plugins (amax), :mod:`quantlab.weights` (per-channel weight
 ranges), :mod:`quantlab.table` and :mod:`quantlab.formats` (files written).
 """
 
 __version__ = "0.1.0"
 
-from .calibrate import (
-    CalibrationResult,
-    DataSpec,
-    calibrate,
-    calibrate_statistics,
-    collect_statistics,
-)
-from .errors import QuantlabError
-from .graph import load_model
-from .plugins import get_calibrator, list_calibrators
-from .preprocess import Preprocess
-from .statistics import Statistics
-from .table import CalibrationTable
+import sys
+import types
 
-__all__ = [
-    "CalibrationResult", "CalibrationTable", "DataSpec", "Preprocess", "QuantlabError",
-    "Statistics", "calibrate", "calibrate_statistics", "collect_statistics", "get_calibrator",
-    "list_calibrators", "load_model",
-]
+# Names are imported on first use (PEP 562), so that ``import quantlab`` - and the CLI's start,
+# which must answer Ctrl-C and --help at once - does not pay for ONNX Runtime and numpy first.
+_EXPORTS = {
+    "CalibrationResult": "calibrate", "DataSpec": "calibrate", "calibrate": "calibrate",
+    "calibrate_statistics": "calibrate", "collect_statistics": "calibrate",
+    "QuantlabError": "errors", "load_model": "graph", "get_calibrator": "plugins",
+    "list_calibrators": "plugins", "Preprocess": "preprocess", "Statistics": "statistics",
+    "CalibrationTable": "table",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantlab' has no attribute {name!r}")
+
+
+def __dir__() -> list:
+    return sorted(list(globals()) + __all__)
+
+
+class _Package(types.ModuleType):
+    """The function ``quantlab.calibrate`` shares its name with the module ``quantlab.calibrate``.
+
+    Importing a submodule binds it as an attribute of its package, which would hide the lazily
+    imported function; here an exported name keeps meaning the exported object (as it did when
+    this file imported everything eagerly). The module stays reachable through ``sys.modules``
+    and ``from quantlab.calibrate import ...``.
+    """
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

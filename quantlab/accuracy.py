@@ -11,6 +11,7 @@ every method on them, evaluates each the same way and ranks them.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import sys
 import time
@@ -22,7 +23,7 @@ from typing import Optional, Union
 from tqdm import tqdm
 
 from . import defaults
-from .atomic import write_bytes_atomic
+from .atomic import OutputSet, check_output_folder
 from .calibrate import (
     DataSpec,
     _is_default_model,
@@ -34,7 +35,7 @@ from .calibrate import (
 from .errors import DataError, QuantlabError
 from .evaluate import OrtRunner, compare_candidates, compare_models, integer_kernels
 from .formats.ranges import RangeFile, read_ranges
-from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
+from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph
 from .histogram import DEFAULT_BINS
 from .preprocess import DataFingerprint, iterate_batches, select_indices
@@ -60,7 +61,7 @@ class HeldOut:
 
     def __init__(self, graph: ModelGraph, data: DataSpec):
         if data.source is None and not _is_default_model(graph):
-            raise DataError("no --data given: pass held-out data for this model (--data PATH)")
+            raise DataError("no held-out data given for this model: set `data`", params=("data",))
         self.graph, self.data = graph, data
         self.source = data.source if data.source is not None else defaults.HELDOUT_DATA
         self.dataset = open_dataset(self.source, data.data_format, graph)
@@ -84,7 +85,8 @@ def _outputs(graph: ModelGraph, wanted: Sequence[str]) -> list[str]:
     names = graph.output_names
     unknown = [w for w in wanted if w not in names]
     if unknown:
-        raise QuantlabError(f"--output {unknown[0]!r} is not a model output; outputs: {', '.join(names)}")
+        raise QuantlabError(f"{unknown[0]!r} (`outputs`) is not a model output; outputs: {', '.join(names)}",
+                            params=("outputs",))
     return list(wanted) or names
 
 
@@ -110,7 +112,12 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     graph = resolve_model(model)
     data = data or DataSpec()
     if cache is None:
-        raise QuantlabError("compare needs --cache (a TensorRT cache, ONNX Runtime table or quantlab table)")
+        raise QuantlabError("compare needs `cache` (a TensorRT cache, ONNX Runtime table or quantlab table)",
+                            params=("cache",))
+    if worst < 0:
+        raise QuantlabError(f"`worst` must be 0 or more, got {worst}", params=("worst",))
+    if report is not None:
+        check_output_folder(report, [graph.path, data.source, cache if not isinstance(cache, RangeFile) else None])
     ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
     weights = None
     if ranges.format == "quantlab":
@@ -241,7 +248,14 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     calib = calib or DataSpec()
     heldout = heldout or DataSpec()
     if calib.source is None and not _is_default_model(graph):
-        raise DataError("no --data given: pass the calibration data for this model (--data PATH)")
+        raise DataError("no calibration data given for this model: set `data`", params=("data",))
+    if pick is not None and report is None:
+        raise QuantlabError("pick writes the winner into the report folder: give `report` too",
+                            params=("pick", "report"))
+    if pick not in (None, "best"):
+        raise QuantlabError(f"pick must be 'best' or None, got {pick!r}", params=("pick",))
+    if report is not None:
+        check_output_folder(report, [graph.path, calib.source, heldout.source])
     started = time.perf_counter()
     stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
                                progress=progress)
@@ -287,20 +301,23 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     if best.get("overlap_with_calibration"):
         data["notes"].append(f"WARNING: {best['overlap_with_calibration']} held-out samples were also used for "
                              "calibration; the accuracy numbers are optimistic")
-    if pick == "best":
-        if report is None:
-            raise QuantlabError("--pick best writes into the --report folder; give --report")
-        folder = Path(report)
-        folder.mkdir(parents=True, exist_ok=True)
-        winner = tables[best["method"]]
-        winner.provenance["trt_cache_header"] = make_header(trt_version, _algorithm(best["name"]))
-        winner.save(folder / "best.quantlab.json")
-        write_trt_cache(folder / "best.cache", winner.activations, winner.provenance["trt_cache_header"])
-        write_bytes_atomic(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
-        data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),
-                          "table": str(folder / "best.quantlab.json"), "qdq_model": str(folder / "best.qdq.onnx")}
-    if report is not None:
-        _sweep_report(data, stats, tables).write(report)
+    with OutputSet([graph.path, calib.source, heldout.source]) as files:
+        if pick == "best":
+            folder = files.make_folder(report)
+            winner = tables[best["method"]]
+            header = make_header(trt_version, _algorithm(best["name"]))
+            cache_text = format_trt_cache(winner.activations, header)
+            winner.provenance["trt_cache_header"] = header
+            winner.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
+            winner.check_writable_ranges()
+            files.add_text(folder / "best.cache", cache_text)
+            files.add_text(folder / "best.quantlab.json", winner.to_json())
+            files.add(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
+            data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),
+                              "table": str(folder / "best.quantlab.json"), "qdq_model": str(folder / "best.qdq.onnx")}
+        if report is not None:
+            _sweep_report(data, stats, tables).write(report, files)
+        files.commit()
     return data
 
 

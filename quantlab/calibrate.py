@@ -8,7 +8,9 @@ The CLI (:mod:`quantlab.cli`) is a thin layer over these functions.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,10 +18,10 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import defaults
-from .atomic import check_writable
+from .atomic import OutputSet, check_output
 from .collector import ActivationCollector
-from .errors import DataError, QuantlabError, StatisticsError
-from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, write_trt_cache
+from .errors import CalibratorError, DataError, OutputError, QuantlabError, StatisticsError
+from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph, load_model
 from .histogram import DEFAULT_BINS
 from .plugins import detect_dataset_adapter, get_calibrator, get_dataset_adapter
@@ -81,10 +83,10 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     (a scope of :func:`select_tensors`)."""
     graph = resolve_model(model)
     if data.batch_size <= 0:
-        raise DataError(f"--batch-size must be positive, got {data.batch_size}")
+        raise DataError(f"batch_size must be positive, got {data.batch_size}", params=("batch_size",))
     source = data.source if data.source is not None else defaults.CALIBRATION_DATA
     if data.source is None and model is not None and not _is_default_model(graph):
-        raise DataError("no --data given: pass the calibration data for this model (--data PATH)")
+        raise DataError("no calibration data given for this model: set `data` (a path or a dataset)", params=("data",))
     dataset = open_dataset(source, data.data_format, graph)
     indices = select_indices(len(dataset), data.num_samples, data.seed)
     batch_size = data.batch_size
@@ -93,11 +95,11 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
         if len(indices) % fixed:
             raise DataError(
                 f"the model's batch size is fixed at {fixed}; use a sample count that is a "
-                f"multiple of it (--num-samples), or export the model with a dynamic batch axis"
-            )
+                f"multiple of it (num_samples), or export the model with a dynamic batch axis",
+                params=("num_samples",))
         batch_size = fixed
     if threads is not None and threads < 1:
-        raise QuantlabError(f"--threads must be at least 1, got {threads}")
+        raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
     collector = ActivationCollector(graph, select_tensors(graph, tensors), bins=bins, providers=providers,
                                     threads=threads)
     batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
@@ -151,29 +153,32 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
         raise StatisticsError(
             f"NaN/Inf activations in {len(bad)} tensor(s): {listed}{more}; check the input data "
-            "and preprocessing, or pass --allow-nonfinite to calibrate from the finite values"
-        )
+            "and preprocessing, or set allow_nonfinite to calibrate from the finite values",
+            params=("allow_nonfinite",))
     zeros = [n for n, h in stats.tensors.items() if h.max_abs == 0]
     if zeros and zero_amax is None:
         shown = ", ".join(repr(n) for n in zeros[:3]) + (f" and {len(zeros) - 3} more" if len(zeros) > 3 else "")
         raise StatisticsError(
             f"{len(zeros)} tensor(s) were all zero on the calibration data ({shown}), so they "
-            "have no range; use more varied data, or pass --zero-amax VALUE to give them one"
-        )
+            "have no range; use more varied data, or set zero_amax to give them one",
+            params=("zero_amax",))
     if zero_amax is not None and not (math.isfinite(zero_amax) and zero_amax > 0):
-        raise StatisticsError(f"--zero-amax must be finite and positive, got {zero_amax}")
+        raise StatisticsError(f"zero_amax must be finite and positive, got {zero_amax}", params=("zero_amax",))
 
     activations: dict[str, float] = {}
     notes: dict[str, str] = {}
     for name, hist in stats.tensors.items():
         if hist.max_abs == 0:
             activations[name] = float(zero_amax)
-            notes[name] = "all zero on the calibration data; amax set by --zero-amax"
+            notes[name] = "all zero on the calibration data; amax set by zero_amax"
             continue
-        if hasattr(calibrator, "calibrate"):
-            amax = float(calibrator.calibrate(hist))
-        else:
-            amax = float(calibrator.compute_amax(hist.counts, hist.edges))
+        try:
+            if hasattr(calibrator, "calibrate"):
+                amax = float(calibrator.calibrate(hist))
+            else:
+                amax = float(calibrator.compute_amax(hist.counts, hist.edges))
+        except (ValueError, TypeError) as exc:
+            raise CalibratorError(f"method {method!r} cannot calibrate {name!r}: {exc}") from exc
         if not (math.isfinite(amax) and amax > 0):
             raise StatisticsError(
                 f"method {method!r} returned amax {amax} for {name!r} (max |x| {hist.max_abs}); "
@@ -224,29 +229,44 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     """
     started = time.perf_counter()
     graph = resolve_model(model)
+    data = data or DataSpec()
     header = make_header(trt_version, trt_algorithm or default_trt_algorithm(method, params))
+    inputs = [graph.path, data.source, *(stats or ())]
     if output is not None:
-        check_writable(output)
+        check_output(output, inputs)
         table = table if table is not None else table_path_for(output)
-        check_writable(table)
+        check_output(table, inputs)
+        if Path(os.path.realpath(table)) == Path(os.path.realpath(output)):
+            raise OutputError(f"the cache and the table would both be written to {output}; "
+                              "give the table another path", params=("table",))
+    elif table is not None:
+        raise QuantlabError("table is only written beside a cache: give output too", params=("table", "output"))
     if save_stats is not None:
-        check_writable(save_stats)
+        check_output(save_stats, inputs)
+        if output is not None and os.path.realpath(save_stats) in (os.path.realpath(output), os.path.realpath(table)):
+            raise OutputError(f"save_stats {save_stats} is also the cache or the table; give it another path",
+                              params=("save_stats",))
     if stats:
         statistics = merge_files(stats)
     else:
-        statistics = collect_statistics(graph, data or DataSpec(), bins=bins, providers=providers,
+        statistics = collect_statistics(graph, data, bins=bins, providers=providers,
                                         threads=threads, tensors=tensors, progress=progress)
-        if save_stats is not None:
-            statistics.save(save_stats)
     result_table = calibrate_statistics(graph, statistics, method, params,
                                         allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
     result_table.provenance["trt_cache_header"] = header
     cache_path = table_path = None
-    if output is not None:
-        table_path = result_table.save(table)
-        cache_path = write_trt_cache(output, result_table.activations, header)
-    return CalibrationResult(result_table, statistics, cache_path, table_path,
-                             time.perf_counter() - started)
+    with OutputSet(inputs) as outputs:
+        if save_stats is not None:
+            outputs.add(save_stats, statistics.to_bytes())
+        if output is not None:
+            cache_text = format_trt_cache(result_table.activations, header)
+            result_table.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
+            result_table.check_writable_ranges()
+            cache_path = outputs.add_text(output, cache_text)
+            table_path = outputs.add_text(table, result_table.to_json())
+        outputs.commit()
+    return CalibrationResult(result_table, statistics, Path(cache_path) if cache_path else None,
+                             Path(table_path) if table_path else None, time.perf_counter() - started)
 
 
 def table_path_for(cache_path: Union[str, Path]) -> Path:

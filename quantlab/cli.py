@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from collections.abc import Sequence
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, defaults
-from .atomic import check_writable, prepare_folder
+from .atomic import check_output, check_output_folder, protect_inputs, reset_written, written_files
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
 from .calibrate import TENSOR_SCOPES, DataSpec, calibrate, collect_statistics, resolve_model
 from .errors import QuantlabError
@@ -50,23 +51,59 @@ amax and provenance.
 """
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"wants a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    parse.__name__ = "count"
+    return parse
+
+
+def _number(text: str) -> float:
+    """An argparse type: a finite float."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"wants a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"wants a finite number, got {text!r}")
+    return value
+
+
+def _bins(text: str) -> int:
+    from .histogram import check_bins
+
+    value = _count(1)(text)
+    try:
+        check_bins(value)
+    except QuantlabError as exc:
+        raise argparse.ArgumentTypeError(exc.render({"bins": "--bins"})) from None
+    return value
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str] = None) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", metavar="PATH", help=data_help or "calibration data (default: the embedded "
                        "Fashion-MNIST calibration images when no model is given)")
     group.add_argument("--data-format", metavar="NAME", help="force a dataset adapter "
                        "(see --list-formats); detected from PATH by default")
-    group.add_argument("--num-samples", type=int, metavar="N",
+    group.add_argument("--num-samples", type=_count(1), metavar="N",
                        help="use N samples, a fixed random subset chosen by --seed (default: all)")
-    group.add_argument("--batch-size", type=int, default=32, metavar="N",
+    group.add_argument("--batch-size", type=_count(1), default=32, metavar="N",
                        help="samples per ONNX Runtime run (default 32; results do not depend on it)")
-    group.add_argument("--seed", type=int, default=0, help="seed of the sample subset (default 0)")
-    group.add_argument("--resize", type=int, nargs=2, metavar=("H", "W"), help="resize images first")
-    group.add_argument("--crop", type=int, nargs=2, metavar=("H", "W"), help="centre-crop images")
-    group.add_argument("--scale", type=float, help="multiply pixels by this (default 1/255 for "
+    group.add_argument("--seed", type=_count(0), default=0, help="seed of the sample subset (default 0)")
+    group.add_argument("--resize", type=_count(1), nargs=2, metavar=("H", "W"), help="resize images first")
+    group.add_argument("--crop", type=_count(1), nargs=2, metavar=("H", "W"), help="centre-crop images")
+    group.add_argument("--scale", type=_number, help="multiply pixels by this (default 1/255 for "
                        "8-bit images, 1 otherwise)")
-    group.add_argument("--mean", type=float, nargs="+", help="per-channel mean subtracted after scaling")
-    group.add_argument("--std", type=float, nargs="+", help="per-channel std divided by after the mean")
+    group.add_argument("--mean", type=_number, nargs="+", help="per-channel mean subtracted after scaling")
+    group.add_argument("--std", type=_number, nargs="+", help="per-channel std divided by after the mean")
     group.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: the model's)")
     group.add_argument("--preprocess-config", metavar="JSON", help="the options above as a JSON "
                        'file, e.g. {"resize": [256, 256], "crop": [224, 224], "mean": [...]}')
@@ -78,13 +115,13 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
 def _add_collection_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of the commands that collect statistics (calibrate, collect, sweep)."""
     group = parser.add_argument_group("statistics")
-    group.add_argument("--bins", type=int, default=DEFAULT_BINS,
+    group.add_argument("--bins", type=_bins, default=DEFAULT_BINS,
                        help=f"histogram bins, a power of two (default {DEFAULT_BINS})")
     group.add_argument("--tensors", choices=TENSOR_SCOPES, default="all",
                        help="activations to measure: all (default; what TensorRT 8.x-10.x implicit INT8 builds "
                        "read from a cache) or qdq (only the inputs of Conv/ConvTranspose/Gemm/MatMul, all that a "
                        "Q/DQ model for TensorRT 10/11 needs; faster)")
-    group.add_argument("--threads", type=int, metavar="N",
+    group.add_argument("--threads", type=_count(1), metavar="N",
                        help="threads filling the histograms (default: every CPU this process may use); "
                        "results do not depend on it")
 
@@ -117,8 +154,15 @@ def _parse_params(pairs: Optional[Sequence[str]]) -> dict:
     return params
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the problem, and where the help is (not the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"quantlab: error: {message} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="quantlab",
         description="INT8 calibration for TensorRT: collect activation histograms with ONNX "
                     "Runtime, choose ranges (entropy/KL, percentile, MSE, max), write TensorRT "
@@ -149,13 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "EntropyCalibration2, MinMaxCalibration for max)")
     cal.add_argument("--allow-nonfinite", action="store_true",
                      help="calibrate tensors that had NaN/Inf from their finite values")
-    cal.add_argument("--zero-amax", type=float, metavar="VALUE",
+    cal.add_argument("--zero-amax", type=_number, metavar="VALUE",
                      help="amax for tensors that were all zero (default: refuse them)")
     cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
     _add_data_arguments(cal)
     _add_collection_arguments(cal)
-    cal.set_defaults(func=cmd_calibrate)
+    cal.set_defaults(func=cmd_calibrate, command_parser=cal)
 
     col = sub.add_parser("collect", help="collect activation statistics into a file",
                          description="Run the FP32 model over data and save per-tensor histograms; "
@@ -164,14 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("-o", "--output", required=True, metavar="FILE", help="statistics file (.npz)")
     _add_data_arguments(col)
     _add_collection_arguments(col)
-    col.set_defaults(func=cmd_collect)
+    col.set_defaults(func=cmd_collect, command_parser=col)
 
     mrg = sub.add_parser("merge-stats", help="merge statistics files of data shards",
                          description="Merge statistics of shards; the result equals one "
                                      "collection over all of the data, byte for byte.")
     mrg.add_argument("inputs", nargs="+", metavar="FILE")
     mrg.add_argument("-o", "--output", required=True, metavar="FILE")
-    mrg.set_defaults(func=cmd_merge_stats)
+    mrg.set_defaults(func=cmd_merge_stats, command_parser=mrg)
 
     qdq = sub.add_parser("export-qdq", help="write a Q/DQ ONNX model (TensorRT 10/11 explicit INT8) "
                          "from any cache or table",
@@ -182,8 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
     qdq.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     qdq.add_argument("--cache", required=True, metavar="FILE", help="ranges: cache or table, any format")
     qdq.add_argument("-o", "--output", required=True, metavar="ONNX", help="Q/DQ model to write")
-    qdq.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep this node in float")
-    qdq.add_argument("--exclude-op", action="append", default=[], metavar="TYPE",
+    qdq.add_argument("--exclude-node", dest="exclude_nodes", action="append", default=[], metavar="NAME",
+                     help="keep this node in float (repeatable)")
+    qdq.add_argument("--exclude-op", dest="exclude_ops", action="append", default=[], metavar="TYPE",
                      help="keep every node of this op type in float (e.g. Gemm)")
     qdq.add_argument("--placement", choices=["compute", "residual"], default="compute",
                      help="compute: inputs of Conv/Gemm/MatMul (default); residual: also the skip input "
@@ -191,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     qdq.add_argument("--allow-missing", action="store_true",
                      help="leave quantizable tensors without a range in float instead of failing")
     qdq.add_argument("--json", action="store_true", help="machine-readable report")
-    qdq.set_defaults(func=cmd_export_qdq)
+    qdq.set_defaults(func=cmd_export_qdq, command_parser=qdq)
 
     cmp_ = sub.add_parser("compare", help="FP32 vs INT8 (Q/DQ in ONNX Runtime) on held-out data, with a report",
                           description="Build the Q/DQ model from a cache or table, run it next to the FP32 "
@@ -206,16 +251,18 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.add_argument("--report", metavar="DIR", help="write report.md/.html/.json and plots here")
     cmp_.add_argument("--output", action="append", default=[], metavar="NAME",
                       help="model output to compare (repeatable; default: all)")
-    cmp_.add_argument("--worst", type=int, default=10, help="how many worst tensors to list (default 10)")
-    cmp_.add_argument("--exclude-node", action="append", default=[], metavar="NAME", help="keep in float")
-    cmp_.add_argument("--exclude-op", action="append", default=[], metavar="TYPE", help="keep in float")
+    cmp_.add_argument("--worst", type=_count(0), default=10, help="how many worst tensors to list (default 10)")
+    cmp_.add_argument("--exclude-node", dest="exclude_nodes", action="append", default=[], metavar="NAME",
+                      help="keep in float (repeatable)")
+    cmp_.add_argument("--exclude-op", dest="exclude_ops", action="append", default=[], metavar="TYPE",
+                      help="keep in float (repeatable)")
     cmp_.add_argument("--placement", choices=["compute", "residual"], default="compute",
                       help="Q/DQ placement (see export-qdq --help)")
     cmp_.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                       help="run the INT8 model in ONNX Runtime (CPU, default) or as a TensorRT engine (GPU)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
-    cmp_.set_defaults(func=cmd_compare)
+    cmp_.set_defaults(func=cmd_compare, command_parser=cmp_)
 
     swp = sub.add_parser("sweep", help="calibrate with every method, evaluate each, rank them",
                          description="Collect statistics once, calibrate max, entropy, percentile 99.9/99.99/"
@@ -227,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     swp.add_argument("--eval-data", metavar="PATH", help="held-out data (default for the embedded model: its "
                      "held-out set)")
-    swp.add_argument("--eval-num-samples", type=int, metavar="N", help="use N held-out samples (default: all)")
+    swp.add_argument("--eval-num-samples", type=_count(1), metavar="N", help="use N held-out samples (default: all)")
     swp.add_argument("--report", metavar="DIR", help="write the ranking report here")
     swp.add_argument("--pick", choices=["best"], help="write the winner's cache, table and Q/DQ model "
                      "into the report folder")
@@ -235,11 +282,11 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
                      help="TensorRT version in the picked cache's header")
     swp.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
-    swp.add_argument("--zero-amax", type=float, metavar="VALUE", help="as for calibrate")
+    swp.add_argument("--zero-amax", type=_number, metavar="VALUE", help="as for calibrate")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(swp)
     _add_collection_arguments(swp)
-    swp.set_defaults(func=cmd_sweep)
+    swp.set_defaults(func=cmd_sweep, command_parser=swp)
 
     bld = sub.add_parser("build", help="build a TensorRT INT8 engine (needs TensorRT and a GPU)",
                          description="Build a TensorRT INT8 engine: from an ONNX model plus a calibration "
@@ -254,11 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--cache", metavar="FILE", help="TensorRT calibration cache (implicit INT8, TensorRT <= 10)")
     bld.add_argument("-o", "--output", required=True, metavar="PLAN", help="engine file to write")
     bld.add_argument("--fp16", action="store_true", help="allow FP16 fallback for layers without INT8 kernels")
-    bld.add_argument("--workspace", type=int, default=1024, metavar="MiB", help="builder workspace (default 1024)")
+    bld.add_argument("--workspace", type=_count(1), default=1024, metavar="MiB",
+                     help="builder workspace (default 1024)")
     bld.add_argument("--trt-version", help="for --print-trtexec without TensorRT: the target version "
                      "(default: the installed one, else 10.3.0)")
     bld.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
-    bld.set_defaults(func=cmd_build)
+    bld.set_defaults(func=cmd_build, command_parser=bld)
 
     _add_cache_commands(sub)
     return parser
@@ -275,9 +323,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         if not Path(cache).exists():
             raise QuantlabError("no ./fashion_mnist_cnn.cache here: run 'quantlab calibrate' first, or pass --cache")
     if args.report:
-        prepare_folder(args.report)
+        check_output_folder(args.report)
     result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
-                     worst=args.worst, exclude_nodes=args.exclude_node, exclude_ops=args.exclude_op,
+                     worst=args.worst, exclude_nodes=args.exclude_nodes, exclude_ops=args.exclude_ops,
                      placement=args.placement, backend=args.backend, providers=args.provider,
                      progress=not args.quiet)
     data = result.data
@@ -307,7 +355,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.eval_data is None and args.model is not None:
         raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
     if args.report:
-        prepare_folder(args.report)
+        check_output_folder(args.report)
     calib = _data_spec(args)
     heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
                        args.batch_size, args.seed)
@@ -341,7 +389,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if backend.installed_version() is None:
         raise QuantlabError(f"TensorRT is not installed (Python package 'tensorrt'); {backend.INSTALL_HINT}. "
                             f"Equivalent trtexec build: {command}")
-    check_writable(args.output)
+    check_output(args.output)
     settings = backend.build_engine(args.model, args.output, cache=args.cache, fp16=args.fp16,
                                     workspace_bytes=args.workspace << 20)
     print(f"built {args.output} ({settings.path} INT8, TensorRT {settings.trt_version}"
@@ -353,7 +401,7 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
     from .atomic import write_bytes_atomic
     from .qdq import export_qdq
 
-    check_writable(args.output)
+    check_output(args.output)
     graph = resolve_model(args.model)
     ranges = read_ranges(args.cache)
     weights = None
@@ -361,8 +409,8 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
         table = ranges.extra["table"]
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
-    model, report = export_qdq(graph, ranges.amax, weights, exclude_nodes=args.exclude_node,
-                               exclude_ops=args.exclude_op, require_all=not args.allow_missing,
+    model, report = export_qdq(graph, ranges.amax, weights, exclude_nodes=args.exclude_nodes,
+                               exclude_ops=args.exclude_ops, require_all=not args.allow_missing,
                                placement=args.placement)
     write_bytes_atomic(args.output, model.SerializeToString())
     data = {"output": str(args.output), "cache": str(args.cache), "cache_format": ranges.format,
@@ -404,23 +452,23 @@ def _add_cache_commands(sub) -> None:
     verbs = cache.add_subparsers(dest="verb", metavar="VERB", required=True)
     ins = verbs.add_parser("inspect", help="format, TensorRT version, algorithm, entries, amax statistics")
     ins.add_argument("file")
-    ins.add_argument("--top", type=int, default=5, help="how many largest/smallest ranges to list")
+    ins.add_argument("--top", type=_count(0), default=5, help="how many largest/smallest ranges to list")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ins.set_defaults(func=cmd_cache_inspect)
+    ins.set_defaults(func=cmd_cache_inspect, command_parser=ins)
     lint = verbs.add_parser("lint", help="find scales and names TensorRT would choke on "
                             "(exit 0 clean, 1 warnings, 2 errors)")
     lint.add_argument("file")
     lint.add_argument("--model", help="ONNX model the cache is meant for: check tensor names")
     lint.add_argument("--trt-version", help="TensorRT version that will read the cache, e.g. 8.6 or 10.3.0")
     lint.add_argument("--json", action="store_true", help="machine-readable output")
-    lint.set_defaults(func=cmd_cache_lint)
+    lint.set_defaults(func=cmd_cache_lint, command_parser=lint)
     diff = verbs.add_parser("diff", help="per-tensor amax ratios between two caches or tables (any formats)")
     diff.add_argument("a")
     diff.add_argument("b")
-    diff.add_argument("--top", type=int, default=10, help="how many largest disagreements to list")
-    diff.add_argument("--tolerance", type=float, default=0.01, help="relative difference counted as equal")
+    diff.add_argument("--top", type=_count(0), default=10, help="how many largest disagreements to list")
+    diff.add_argument("--tolerance", type=_number, default=0.01, help="relative difference counted as equal")
     diff.add_argument("--json", action="store_true", help="machine-readable output")
-    diff.set_defaults(func=cmd_cache_diff)
+    diff.set_defaults(func=cmd_cache_diff, command_parser=diff)
     conv = verbs.add_parser("convert", help="convert between formats")
     conv.add_argument("file")
     conv.add_argument("--to", required=True, choices=list(FORMATS), help="output format")
@@ -429,11 +477,15 @@ def _add_cache_commands(sub) -> None:
                       + ".".join(map(str, DEFAULT_TRT_VERSION)) + ")")
     conv.add_argument("--trt-algorithm", help="header algorithm (default: the source's, else EntropyCalibration2)")
     conv.add_argument("--json", action="store_true", help="machine-readable output")
-    conv.set_defaults(func=cmd_cache_convert)
+    conv.set_defaults(func=cmd_cache_convert, command_parser=conv)
 
 
 def _emit(args: argparse.Namespace, data: dict, text: str) -> None:
-    print(json.dumps(jsonable(data), indent=1) if args.json else text)
+    """Print the JSON result (--json), else the summary unless -q/--quiet asked for silence."""
+    if getattr(args, "json", False):
+        print(json.dumps(jsonable(data), indent=1))
+    elif not getattr(args, "quiet", False):
+        print(text)
 
 
 def cmd_cache_inspect(args: argparse.Namespace) -> int:
@@ -562,7 +614,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
 
-    check_writable(args.output)
+    check_output(args.output)
     stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads, tensors=args.tensors,
                                providers=args.provider, progress=not args.quiet)
     stats.save(args.output)
@@ -573,27 +625,90 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
 def cmd_merge_stats(args: argparse.Namespace) -> int:
 
-    check_writable(args.output)
+    check_output(args.output)
     merged = merge_files(args.inputs)
     merged.save(args.output)
     print(f"merged {len(args.inputs)} files ({merged.num_samples} samples) -> {args.output}")
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _flag_spelling(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Python parameter name -> this command's flag, for rendering library errors."""
+    spelling = {}
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if longs:
+            spelling[action.dest] = longs[0]
+    aliases = {"source": "data", "params": "param", "outputs": "output", "data_format": "data_format",
+               "eval_data": "eval_data", "heldout": "eval_data"}
+    for name, dest in aliases.items():
+        if dest in spelling and name not in spelling:
+            spelling[name] = spelling[dest]
+    return spelling
+
+
+def _inputs_of(args: argparse.Namespace) -> list:
+    """Every file the command reads: no output may replace one of them."""
+    found = []
+    for key in ("model", "data", "eval_data", "cache", "file", "a", "b", "preprocess_config"):
+        value = getattr(args, key, None)
+        if isinstance(value, str):
+            found.append(value)
+    for key in ("stats", "inputs"):
+        found += [v for v in (getattr(args, key, None) or []) if isinstance(v, str)]
+    if getattr(args, "command", None) in ("calibrate", "collect", "compare", "sweep", "export-qdq") \
+            and getattr(args, "model", None) is None:
+        found.append(str(defaults.MODEL))
+    return found
+
+
+def _interrupted(verb: str, code: int) -> int:
+    written = written_files()
+    if written:
+        print(f"quantlab: {verb}; wrote {', '.join(map(str, written))} before that; nothing else was written",
+              file=sys.stderr)
+    else:
+        print(f"quantlab: {verb}; no output was written", file=sys.stderr)
+    return code
+
+
+def run(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse ``argv`` and run the command: exit 0 done, 2 user error (one line), 130/143 interrupted."""
+    from .__main__ import Terminated
+
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        parser.print_help()
-        return 0
+    args = None
     try:
-        return args.func(args)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help()
+            return 0
+        reset_written()
+        with protect_inputs(_inputs_of(args)):
+            code = args.func(args)
+        sys.stdout.flush()
+        return code
     except QuantlabError as exc:
-        print(f"quantlab: error: {exc}", file=sys.stderr)
+        command_parser = getattr(args, "command_parser", parser)
+        print(f"quantlab: error: {exc.render(_flag_spelling(command_parser))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("quantlab: interrupted; no output was written", file=sys.stderr)
-        return 130
+        return _interrupted("interrupted", 130)
+    except Terminated:
+        return _interrupted("terminated", 143)
+    except BrokenPipeError:
+        # The reader went away (`quantlab ... | head -1`): not an error of ours. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """The console entry point (:mod:`quantlab.__main__` adds SIGTERM and import-time Ctrl-C)."""
+    from .__main__ import main as entry
+
+    return entry(argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import importlib
 import importlib.util
 import os
 import struct
-from collections.abc import Sequence
+import zipfile
+import zlib
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -124,48 +126,96 @@ def _sibling_labels(images: Path) -> Optional[Path]:
 class ArrayDataset:
     """``.npy`` or ``.npz`` arrays; the first axis indexes samples.
 
-    In an ``.npz``, the inputs are the array named ``x``, ``inputs``, ``images`` or ``data``
-    (or the only array), and labels the one named ``y`` or ``labels``. An ``.npz`` whose keys are
-    the model's input names feeds a multi-input model (``input_names`` tells which keys).
+    In an ``.npz``, arrays are picked by name, never by position or elimination:
+
+    * inputs: the array named ``x`` (or ``inputs``, ``images``, ``data``) or named like the
+      model's input (``input_names``); exactly one of these names must be present, else the
+      file is refused as ambiguous. A model with several inputs needs one array per input,
+      each named after its input. A file whose only array is ``arr_0`` (``np.savez(path, x)``,
+      a positional save) is accepted: there is nothing else it could mean.
+    * labels (optional): the array named ``y`` (or ``labels``, ``label``, ``targets``), one
+      integer class per sample; at most one of these names may be present.
+
+    Other arrays are ignored. A lone array with another name (``features``) is refused with
+    what to name it: silently taking "the only remaining array" fed labels or masks as inputs.
     """
 
     name = "npy"
     _INPUT_KEYS = ("x", "inputs", "images", "data")
     _LABEL_KEYS = ("y", "labels", "label", "targets")
+    _POSITIONAL = "arr_0"
 
     def __init__(self, source: str | Path, input_names: Sequence[str] = ()):
         path = Path(source)
         if not path.exists():
-            raise DataError(f"data file {path} does not exist")
+            raise DataError(f"data file {path} does not exist; check the path")
         self.source = str(path)
         self.labels: Optional[np.ndarray] = None
         self.inputs: dict[str, np.ndarray] | None = None
-        try:
-            loaded = NpyRows(path) if path.suffix.lower() == ".npy" else np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {path} as a .npy/.npz array: {exc}") from exc
-        if isinstance(loaded, NpyRows):
-            self.array = loaded
+        if path.suffix.lower() == ".npy":
+            try:
+                self.array = NpyRows(path)
+            except (OSError, ValueError, EOFError) as exc:
+                raise DataError(f"cannot read {path} as a .npy array: {exc}; save it with np.save") from exc
         else:
-            with loaded:
-                arrays = {key: loaded[key] for key in loaded.files}
-            self.labels = next((arrays.pop(k) for k in self._LABEL_KEYS if k in arrays), None)
-            if input_names and len(input_names) > 1 and all(n in arrays for n in input_names):
-                self.inputs = {n: arrays[n] for n in input_names}
-                self.array = arrays[input_names[0]]
-            else:
-                key = next((k for k in self._INPUT_KEYS if k in arrays), None)
-                if key is None and len(arrays) == 1:
-                    key = next(iter(arrays))
-                if key is None:
-                    raise DataError(
-                        f"{path} holds arrays {sorted(arrays)}; name the inputs 'x' (and labels 'y')"
-                    )
-                self.array = arrays[key]
+            self._load_npz(path, list(input_names))
         if self.array.ndim == 0:
-            raise DataError(f"{path} holds a scalar, not samples")
+            raise DataError(f"{path} holds a scalar, not samples; save an array whose first axis indexes samples")
+        if len(self.array) == 0:
+            raise DataError(f"{path} holds no samples (an array of shape {tuple(self.array.shape)}); "
+                            "save at least one sample")
         if self.labels is not None and len(self.labels) != len(self.array):
-            raise DataError(f"{path}: {len(self.labels)} labels for {len(self.array)} samples")
+            raise DataError(f"{path}: {len(self.labels)} labels for {len(self.array)} samples; "
+                            "give one label per sample")
+
+    def _load_npz(self, path: Path, input_names: list) -> None:
+        try:
+            archive = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"cannot read {path} as a .npz archive ({exc}); the file is damaged or "
+                            "not one: save it again with np.savez") from exc
+        if not isinstance(archive, np.lib.npyio.NpzFile):
+            raise DataError(f"{path} holds a single .npy array, not an .npz archive; rename it to .npy")
+        with archive:
+            keys = list(archive.files)
+            input_keys = self._input_keys(path, keys, input_names)
+            label_keys = [k for k in self._LABEL_KEYS if k in keys and k not in input_keys]
+            if len(label_keys) > 1:
+                raise DataError(f"{path} holds labels under several names {label_keys}; keep one, named 'y'")
+            arrays = {key: _npz_member(archive, key, path) for key in input_keys}
+            if label_keys:
+                self.labels = _labels(_npz_member(archive, label_keys[0], path), label_keys[0], path)
+        if len(input_keys) > 1:
+            lengths = {key: len(arr) if arr.ndim else 0 for key, arr in arrays.items()}
+            if len(set(lengths.values())) > 1:
+                raise DataError(f"{path}: the input arrays have different sample counts {lengths}; give "
+                                "every input one row per sample")
+            self.inputs = arrays
+        self.array = arrays[input_keys[0]]
+
+    def _input_keys(self, path: Path, keys: list, input_names: list) -> list:
+        """The .npz keys holding the model's inputs (the rule in the class docstring)."""
+        if len(input_names) > 1:
+            missing = [n for n in input_names if n not in keys]
+            if missing:
+                raise DataError(
+                    f"{path} has no arrays named {missing} (it holds {keys}); a model with several inputs "
+                    f"needs one array per input, named after it: {list(input_names)}")
+            return list(input_names)
+        candidates = [n for n in input_names if n in keys]
+        candidates += [k for k in self._INPUT_KEYS if k in keys and k not in candidates]
+        if not candidates and keys == [self._POSITIONAL]:
+            candidates = [self._POSITIONAL]
+        model_name = f" or {input_names[0]!r} (the model input's name)" if input_names else ""
+        if len(candidates) > 1:
+            raise DataError(f"{path} holds several arrays that could be the inputs, {candidates}; keep "
+                            f"one, named 'x'{model_name}")
+        if not candidates:
+            aliases = ", ".join(repr(k) for k in self._INPUT_KEYS[1:])
+            raise DataError(
+                f"{path} holds arrays {keys} but none is named 'x' (nor {aliases}{model_name}); save the "
+                "inputs as 'x' and any labels as 'y': np.savez(path, x=..., y=...)")
+        return candidates
 
     @classmethod
     def detect(cls, source: str) -> bool:
@@ -179,6 +229,29 @@ class ArrayDataset:
         if self.inputs is not None:
             return {name: arr[index] for name, arr in self.inputs.items()}, label
         return self.array[index], label
+
+
+def _npz_member(archive, key: str, path: Path) -> np.ndarray:
+    try:
+        value = archive[key]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataError(f"cannot read array {key!r} of {path} ({exc}); save it again with np.savez "
+                        "(plain numeric arrays: object arrays need pickle, which is not loaded)") from exc
+    if not isinstance(value, np.ndarray):
+        raise DataError(f"member {key!r} of {path} is not a .npy array; save the archive with np.savez")
+    return value
+
+
+def _labels(labels: np.ndarray, key: str, path: Path) -> np.ndarray:
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim != 1:
+        raise DataError(f"{path}: labels {key!r} have shape {labels.shape}; give one integer class per "
+                        "sample, shape (N,) (for one-hot labels save y.argmax(axis=1))")
+    if labels.dtype.kind not in "iub" and not (labels.dtype.kind == "f" and np.all(np.mod(labels, 1) == 0)):
+        raise DataError(f"{path}: labels {key!r} are {labels.dtype} values, not class numbers; give one "
+                        "integer class per sample")
+    return labels
 
 
 class NpyRows:
@@ -247,7 +320,8 @@ class ImageFolderDataset:
         if not files:
             raise DataError(
                 f"no images ({', '.join(IMAGE_SUFFIXES[:4])}, ...) found in {root}; "
-                "point --data at a folder of images or at one sub-folder per class"
+                "point `source` at a folder of images or of one sub-folder per class",
+                params=("source",),
             )
         self.files = files
         self.channels = channels
@@ -291,9 +365,17 @@ class CallableDataset:
         function = _load_callable(source)
         try:
             produced = function()
-        except Exception as exc:  # the user's code: report it as a data problem
-            raise DataError(f"{source} raised {type(exc).__name__}: {exc}") from exc
-        self.samples = list(produced)
+            if produced is None or isinstance(produced, (str, bytes, Mapping)) or not _iterable(produced):
+                what = "None" if produced is None else f"a {type(produced).__name__}"
+                raise DataError(f"{source} returned {what}; it must return a sequence of samples (arrays, "
+                                "dicts of arrays by input name, or (inputs, label) pairs)")
+            self.samples = list(produced)
+        except DataError:
+            raise
+        except Exception as exc:  # the user's code (the call, or a generator it returned): a data problem
+            raise DataError(f"{source} raised {type(exc).__name__}: {exc}; fix that function") from exc
+        if not self.samples:
+            raise DataError(f"{source} returned no samples; it must return at least one")
         self.source = source
 
     @classmethod
@@ -312,20 +394,63 @@ class CallableDataset:
         return sample, None
 
 
-def _load_callable(spec: str) -> Callable[[], Any]:
-    module_name, _, attr = spec.rpartition(":")
+def _iterable(value: Any) -> bool:
     try:
-        if module_name.endswith(".py"):
-            spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
-            if spec is None or spec.loader is None:
-                raise ImportError(f"not a Python file: {module_name}")
-            module = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-    except (ImportError, OSError) as exc:
-        raise DataError(f"cannot import {module_name!r} for --data {spec}: {exc}") from exc
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _load_callable(source: str) -> Callable[[], Any]:
+    module_name, _, attr = source.rpartition(":")
+    if module_name.endswith(".py"):
+        if not Path(module_name).is_file():
+            raise DataError(f"no such file {module_name} (in `source` {source!r}); check the path",
+                            params=("source",))
+        module_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
+        if module_spec is None or module_spec.loader is None:
+            raise DataError(f"cannot load {module_name} as a Python file (in `source` {source!r}); check the path",
+                            params=("source",))
+        load = lambda: _exec(module_spec)  # noqa: E731
+    else:
+        load = lambda: importlib.import_module(module_name)  # noqa: E731
+    try:
+        module = load()
+    except ImportError as exc:
+        raise DataError(f"cannot import {module_name!r} (in `source` {source!r}): {exc}; check the module name "
+                        "and that it is importable (installed, or on PYTHONPATH)", params=("source",)) from exc
+    except Exception as exc:  # the user's module failed while running its top level
+        raise DataError(f"importing {module_name} raised {type(exc).__name__}: {exc}; fix that module") from exc
     function = getattr(module, attr, None)
     if not callable(function):
-        raise DataError(f"{module_name} has no callable named {attr!r}")
+        raise DataError(f"{module_name} has no callable named {attr!r}; name a function it defines "
+                        "(module:function)")
     return function
+
+
+def _exec(module_spec):
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module
+
+
+def check_source_exists(source: Any) -> None:
+    """Refuse a data source that names nothing that exists, saying so plainly.
+
+    A source is an existing file or folder, or ``module:function`` (checked for importability
+    only when loaded) / ``path/file.py:function`` (whose file must exist). Anything else is a
+    missing path. Objects that are not strings or paths (a dataset passed from Python) pass.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        return
+    text = os.fspath(source)
+    if Path(text).exists():
+        return
+    module, sep, attr = text.rpartition(":")
+    if sep and module and attr.isidentifier():
+        if module.endswith(".py") and not Path(module).is_file():
+            raise DataError(f"no such file {module} (in `source` {text!r}); check the path", params=("source",))
+        if module.endswith(".py") or all(part.isidentifier() for part in module.split(".")):
+            return
+    raise DataError(f"no such file or folder {text}; check the path given as `source`", params=("source",))

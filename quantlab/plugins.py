@@ -12,6 +12,7 @@ define ``calibrate(stats)`` to use more than the histogram (``max`` uses the exa
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -79,7 +80,22 @@ def get_calibrator(name: str, **params: Any) -> Calibrator:
     try:
         return cls(**params)
     except TypeError as exc:
-        raise CalibratorError(f"bad parameters {params} for method {name!r}: {exc}") from exc
+        accepted = _parameter_names(cls)
+        raise CalibratorError(
+            f"bad parameters {params} for method {name!r} ({exc}); it takes "
+            + (", ".join(accepted) if accepted else "no parameters")) from exc
+    except ValueError as exc:
+        raise CalibratorError(f"bad parameter for method {name!r}: {exc}") from exc
+
+
+def _parameter_names(cls: type) -> list[str]:
+    import inspect
+
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return []
+    return [p.name for p in signature.parameters.values() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
 
 
 def get_dataset_adapter(name: str) -> type:
@@ -99,6 +115,8 @@ def detect_dataset_adapter(source: str) -> type:
         cls = eps[name].load()
         if cls.detect(source):
             return cls
+    if not os.path.exists(source) and ":" not in source:
+        raise DataError(f"data path {source!r} does not exist; check `data`", params=("data",))
     raise DataError(
         f"cannot tell what kind of data {source!r} is (not a .npy/.npz file, an IDX file, "
         "an image folder or module:function); check the path or pass --data-format"

@@ -45,6 +45,33 @@ class QdqReport:
     skipped_nodes: list[str] = field(default_factory=list)  # left in float by request
 
 
+QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def _check_exclusions(model: onnx.ModelProto, nodes: set, ops: set, placement: str) -> None:
+    """Refuse exclusions that name nothing: a typo would silently quantize the layer the user
+    meant to keep in float."""
+    import difflib
+
+    eligible = set(QUANTIZED_OPS) | ({"Add"} if placement == "residual" else set())
+    by_name = {node.name: node.op_type for node in model.graph.node if node.name}
+    for name in sorted(nodes):
+        if name not in by_name:
+            close = difflib.get_close_matches(name, list(by_name), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise QuantlabError(f"no node named {name!r} in the model (`exclude_nodes`){hint}",
+                                params=("exclude_nodes",))
+        if by_name[name] not in eligible:
+            raise QuantlabError(f"node {name!r} is a {by_name[name]}, which carries no Q/DQ; only "
+                                f"{'/'.join(sorted(eligible))} nodes can be kept in float (`exclude_nodes`)",
+                                params=("exclude_nodes",))
+    present = {node.op_type for node in model.graph.node} & eligible
+    for op in sorted(ops):
+        if op not in present:
+            raise QuantlabError(f"no quantized {op!r} node in the model (`exclude_ops`); the model's quantized op "
+                                f"types are {', '.join(sorted(present)) or 'none'}", params=("exclude_ops",))
+
+
 def export_qdq(graph: ModelGraph, amax: dict[str, float],
                weights: Optional[dict[str, WeightRange]] = None, *,
                exclude_nodes: Iterable[str] = (), exclude_ops: Iterable[str] = (),
@@ -67,12 +94,13 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float],
     activation_set = set(graph.activations)
     report.unmatched_ranges = [name for name in amax if name not in activation_set]
     excluded_nodes, excluded_ops = set(exclude_nodes), set(exclude_ops)
+    _check_exclusions(model, excluded_nodes, excluded_ops, placement)
     initializers = {init.name: init for init in model.graph.initializer}
     weight_specs = {(spec.node, spec.name): spec for spec in graph.weights}
 
     targets: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
-        if node.op_type not in {"Conv", "ConvTranspose", "Gemm", "MatMul"}:
+        if node.op_type not in QUANTIZED_OPS:
             continue
         if node.name in excluded_nodes or node.op_type in excluded_ops:
             report.skipped_nodes.append(node.name or node.output[0])

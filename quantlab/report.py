@@ -3,6 +3,14 @@
 A report is a list of blocks (heading, paragraph, table, figure) plus the dict of every number;
 the Markdown links its figures as PNG files next to it, the HTML embeds them (base64), so the
 HTML file can be mailed or attached to a CI run on its own.
+
+Paragraphs and headings are Markdown text: in the HTML, `code`, **bold** and *italic* are rendered
+(the subset the reports use; see ``_inline``) and everything else is escaped. Titles, table cells
+and captions are plain text (tensor names, paths), escaped as they are. Every table scrolls in its
+own box and images shrink to the page, so a report never gets wider than the window.
+
+``render_html_from_files(folder)`` (or ``python -m quantlab.report FOLDER...``) rewrites a report's
+HTML from its report.md and figure PNGs, as the current code would write it.
 """
 
 from __future__ import annotations
@@ -12,13 +20,15 @@ import html
 import io
 import json
 import math
+import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from .atomic import write_bytes_atomic, write_text_atomic
+from .atomic import OutputSet, write_text_atomic
 
 
 @dataclass
@@ -57,32 +67,27 @@ class Report:
                 out += [block[1], ""]
             elif kind == "table":
                 headers, rows = block[1], block[2]
-                out.append("| " + " | ".join(headers) + " |")
+                out.append("| " + " | ".join(_md_cell(h) for h in headers) + " |")
                 out.append("|" + "---|" * len(headers))
-                out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+                out += ["| " + " | ".join(_md_cell(_cell(v)) for v in row) + " |" for row in rows]
                 out.append("")
             elif kind == "fig":
                 out += [f"![{block[1].caption}]({block[1].name})", "", f"*{block[1].caption}*", ""]
         return "\n".join(out)
 
     def to_html(self) -> str:
-        parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>",
-                 "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-                 "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;"
-                 "text-align:right}th{background:#f3f3f3}td:first-child{text-align:left}"
-                 "img{max-width:100%}figcaption{color:#555;font-size:90%}</style></head><body>",
+        parts = ["<!doctype html><html><head><meta charset='utf-8'>"
+                 "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+                 f"<title>{html.escape(self.title)}</title><style>{_CSS}</style></head><body>",
                  f"<h1>{html.escape(self.title)}</h1>"]
         for block in self.blocks:
             kind = block[0]
             if kind == "h":
-                parts.append(f"<h2>{html.escape(block[1])}</h2>")
+                parts.append(f"<h2>{_inline(block[1])}</h2>")
             elif kind == "p":
                 parts.append(f"<p>{_inline(block[1])}</p>")
             elif kind == "table":
-                head = "".join(f"<th>{html.escape(h)}</th>" for h in block[1])
-                rows = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-                               for row in block[2])
-                parts.append(f"<table><tr>{head}</tr>{rows}</table>")
+                parts.append(_html_table(block[1], block[2]))
             elif kind == "fig":
                 data = base64.b64encode(block[1].png).decode()
                 parts.append(f"<figure><img alt='{html.escape(block[1].caption)}' "
@@ -91,17 +96,26 @@ class Report:
         parts.append("</body></html>")
         return "\n".join(parts)
 
-    def write(self, folder: str | Path) -> dict[str, Path]:
-        """Write report.md, report.html, report.json and the figures into ``folder``."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        written = {}
-        for block in self.blocks:
-            if block[0] == "fig":
-                written[block[1].name] = write_bytes_atomic(folder / block[1].name, block[1].png)
-        written["md"] = write_text_atomic(folder / "report.md", self.to_markdown())
-        written["html"] = write_text_atomic(folder / "report.html", self.to_html())
-        written["json"] = write_text_atomic(folder / "report.json", json.dumps(jsonable(self.data), indent=1) + "\n")
+    def write(self, folder: str | Path, outputs: Optional[OutputSet] = None) -> dict[str, Path]:
+        """Write report.md, report.html, report.json and the figures into ``folder``.
+
+        All files are committed together (created folder included) or not at all; pass
+        ``outputs`` to make them part of a larger set that the caller commits.
+        """
+        own = outputs is None
+        outputs = OutputSet() if own else outputs
+        with outputs:
+            folder = outputs.make_folder(folder)
+            written = {}
+            for block in self.blocks:
+                if block[0] == "fig":
+                    written[block[1].name] = outputs.add(folder / block[1].name, block[1].png)
+            written["md"] = outputs.add_text(folder / "report.md", self.to_markdown())
+            written["html"] = outputs.add_text(folder / "report.html", self.to_html())
+            written["json"] = outputs.add_text(folder / "report.json",
+                                               json.dumps(jsonable(self.data), indent=1) + "\n")
+            if own:
+                outputs.commit()
         return written
 
 
@@ -129,10 +143,165 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+# The page never gets wider than the window: tables scroll in their own box, images shrink,
+# long unbreakable words (paths, tensor names) in prose wrap.
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
+        "overflow-wrap:break-word}"
+        ".table-scroll{overflow-x:auto;max-width:100%;margin:1em 0}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "figure{margin:1em 0;max-width:100%}img{max-width:100%;height:auto}"
+        "figcaption{color:#555;font-size:90%}code{font-size:90%}")
+
+_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?|[-+]?inf|nan")
+
+
+def _html_table(headers: list, rows: list) -> str:
+    """A table in its own horizontally scrolling box; all-number columns right-aligned."""
+    cells = [[_cell(v) for v in row] for row in rows]
+    numeric = []
+    for column in range(len(headers)):
+        values = [row[column] for row in cells if column < len(row) and row[column] != ""]
+        numeric.append(bool(values) and all(_NUMBER.fullmatch(v) for v in values))
+
+    def tag(name: str, column: int, text: str) -> str:
+        align = " class='num'" if column < len(numeric) and numeric[column] else ""
+        return f"<{name}{align}>{html.escape(text)}</{name}>"
+
+    head = "".join(tag("th", i, str(h)) for i, h in enumerate(headers))
+    body = "".join("<tr>" + "".join(tag("td", i, v) for i, v in enumerate(row)) + "</tr>" for row in cells)
+    return f"<div class='table-scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
+
+
+_MD_CELL_SPECIAL = re.compile(r"([\\|*`<])")
+
+
+def _md_cell(text: str) -> str:
+    """A table cell as Markdown text: plain text, so the characters Markdown would read are escaped."""
+    return _MD_CELL_SPECIAL.sub(r"\\\1", str(text).replace("\n", " "))
+
+
+_PUNCTUATION = r"""!"#$%&'()*+,-./:;<=>?@[\]^_`{|}~"""
+_TRIPLE = re.compile(r"\*\*\*(?=[^\s*])([^*]+?)(?<=\S)\*\*\*")
+_STRONG = re.compile(r"\*\*(?=\S)(.+?)(?<=\S)\*\*", re.S)
+_EM = re.compile(r"\*(?=[^\s*])([^*]+?)(?<=\S)\*")
+_SLOT = re.compile("\x00(\\d+)\x00")
+
+
 def _inline(text: str) -> str:
-    escaped = html.escape(text)
-    parts = escaped.split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    """Inline Markdown as HTML: `code` spans, **bold**, *italic*, ***both*** and backslash escapes.
+
+    The subset the reports write, read as CommonMark reads it: code spans first (their content is
+    literal), a delimiter run opens only before and closes only after a non-space (``2 * 3`` is no
+    emphasis), ``\\*`` is a literal asterisk; ``_`` is never emphasis (tensor names are full of it).
+    All other text is HTML-escaped, and the result is always well-formed.
+    """
+    slots: list[str] = []
+
+    def slot(fragment: str) -> str:
+        slots.append(fragment)
+        return f"\x00{len(slots) - 1}\x00"
+
+    text = text.replace("\x00", "\ufffd")
+    out, i, n = [], 0, len(text)
+    while i < n:
+        char = text[i]
+        if char == "\\" and i + 1 < n and text[i + 1] in _PUNCTUATION:
+            out.append(slot(html.escape(text[i + 1])))
+            i += 2
+        elif char == "`":
+            run = len(text) - len(text[i:].lstrip("`")) - i
+            close = _closing_backticks(text, i + run, run)
+            if close < 0:  # no closing run of the same length: the backticks are literal
+                out.append(slot(text[i:i + run]))
+                i += run
+                continue
+            code = text[i + run:close].replace("\n", " ")
+            if code.startswith(" ") and code.endswith(" ") and code.strip(" "):
+                code = code[1:-1]
+            out.append(slot(f"<code>{html.escape(code)}</code>"))
+            i = close + run
+        else:
+            out.append(html.escape(char))
+            i += 1
+    escaped = "".join(out)
+    escaped = _TRIPLE.sub(lambda m: slot(f"<strong><em>{m.group(1)}</em></strong>"), escaped)
+    escaped = _STRONG.sub(lambda m: slot("<strong>" + _italic(m.group(1)) + "</strong>"), escaped)
+    rendered = _italic(escaped)
+    while _SLOT.search(rendered):  # a slot can hold slots (a code span inside ***...***)
+        rendered = _SLOT.sub(lambda m: slots[int(m.group(1))], rendered)
+    return rendered
+
+
+def _italic(text: str) -> str:
+    return _EM.sub(r"<em>\1</em>", text)
+
+
+def _closing_backticks(text: str, start: int, run: int) -> int:
+    """Index of the next run of exactly ``run`` backticks at or after ``start``, or -1."""
+    for match in re.finditer(r"`+", text[start:]):
+        if len(match.group()) == run:
+            return start + match.start()
+    return -1
+
+
+def render_html_from_files(report_dir: str | Path) -> Path:
+    """Rewrite ``report_dir``/report.html from its report.md and figure PNGs; return its path.
+
+    The Markdown holds every block of the report (the JSON holds the numbers), so the HTML comes
+    out as ``Report.write`` would write it now: use it to refresh committed reports after a change
+    of the HTML rendering without re-running their (long) evaluations.
+    """
+    folder = Path(report_dir)
+    doc = _report_from_markdown((folder / "report.md").read_text(encoding="utf-8"), folder)
+    return write_text_atomic(folder / "report.html", doc.to_html())
+
+
+_FIGURE = re.compile(r"!\[(.*)\]\(([^()\s]+)\)")
+
+
+def _report_from_markdown(text: str, folder: Path) -> Report:
+    """The blocks of a report.md written by ``Report.to_markdown`` (figures read from ``folder``)."""
+    chunks = [c for c in re.split(r"\n\s*\n", text.strip("\n")) if c.strip()]
+    if not chunks or not chunks[0].startswith("# "):
+        raise ValueError(f"{folder / 'report.md'} does not start with a '# title' line")
+    doc = Report(chunks[0][2:])
+    index = 1
+    while index < len(chunks):
+        chunk = chunks[index]
+        index += 1
+        figure = _FIGURE.fullmatch(chunk)
+        if chunk.startswith("## "):
+            doc.heading(chunk[3:])
+        elif figure:
+            caption, name = figure.groups()
+            if index < len(chunks) and chunks[index] == f"*{caption}*":
+                index += 1
+            doc.figure(Figure(name, caption, (folder / name).read_bytes()))
+        elif chunk.startswith("|"):
+            lines = chunk.split("\n")
+            doc.table(_md_row(lines[0]), [_md_row(line) for line in lines[2:]])
+        else:
+            doc.paragraph(chunk)
+    return doc
+
+
+def _md_row(line: str) -> list[str]:
+    """The cells of one ``| a | b |`` row written by ``to_markdown`` (``_md_cell`` escapes undone)."""
+    cells, current, i = [], [], 0
+    body = line[2:-2] if line.startswith("| ") and line.endswith(" |") else line.strip("|")
+    while i < len(body):
+        if body[i] == "\\" and i + 1 < len(body):
+            current.append(body[i + 1])
+            i += 2
+        elif body.startswith(" | ", i):
+            cells.append("".join(current))
+            current, i = [], i + 3
+        else:
+            current.append(body[i])
+            i += 1
+    cells.append("".join(current))
+    return cells
 
 
 def _pyplot():
@@ -231,3 +400,9 @@ def bar_figure(labels: list[str], series: dict[str, list[float]], name: str, cap
 
 def _short(name: str, width: int = 36) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+if __name__ == "__main__":
+    # python -m quantlab.report FOLDER...: re-render each report.html from its report.md and PNGs.
+    for argument in sys.argv[1:]:
+        print(render_html_from_files(argument))

@@ -65,10 +65,14 @@ class CalibrationTable:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
 
-    def save(self, path: str | Path) -> Path:
+    def check_writable_ranges(self) -> None:
+        """Refuse to write a zero, negative, NaN or infinite amax (a broken engine, silently)."""
         for name, amax in self.activations.items():
             if not (math.isfinite(amax) and amax > 0):
                 raise QuantlabError(f"refusing to write amax {amax} for {name!r}: not finite and positive")
+
+    def save(self, path: str | Path) -> Path:
+        self.check_writable_ranges()
         return write_text_atomic(path, self.to_json())
 
     @classmethod

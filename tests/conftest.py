@@ -38,7 +38,7 @@ def calib_images() -> np.ndarray:
 def run_cli(*args: str, cwd: Path | None = None, check: bool = False) -> subprocess.CompletedProcess:
     """Run the real ``quantlab`` CLI in a subprocess."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([sys.executable, "-m", "quantlab.cli", *args], cwd=cwd, env=env,
+    proc = subprocess.run([sys.executable, "-m", "quantlab", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=600)
     if check and proc.returncode != 0:
         raise AssertionError(f"quantlab {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

@@ -73,7 +73,7 @@ def test_compare_unknown_output_name_lists_the_outputs(work):
 
 def test_sweep_ranks_every_method_and_picks_the_best(tmp_path):
     proc = run_cli("sweep", "--num-samples", "128", "--eval-num-samples", "300", "--report", "sw",
-                   "--pick", "best", "-q", cwd=tmp_path, check=True)
+                   "--pick", "best", cwd=tmp_path, check=True)
     data = json.loads((tmp_path / "sw" / "report.json").read_text())
     methods = [r["method"] for r in data["results"]]
     assert sorted(methods) == sorted(["max", "entropy", "percentile(p=99.9)", "percentile(p=99.99)",

@@ -124,7 +124,7 @@ def test_nan_activations_are_refused_unless_allowed(graph, calib_images, tmp_pat
     images[0, 3, 3] = np.nan
     np.save(tmp_path / "nan.npy", images[:, None])
     stats = collect_statistics(graph, DataSpec(tmp_path / "nan.npy"), progress=False)
-    with pytest.raises(StatisticsError, match="NaN/Inf activations.*--allow-nonfinite"):
+    with pytest.raises(StatisticsError, match="NaN/Inf activations.*allow_nonfinite"):
         calibrate_statistics(graph, stats)
     table = calibrate_statistics(graph, stats, allow_nonfinite=True)
     assert "NaN" in table.notes["image"]
@@ -134,7 +134,7 @@ def test_nan_activations_are_refused_unless_allowed(graph, calib_images, tmp_pat
 def test_all_zero_tensor_is_refused_unless_given_an_amax(graph, tmp_path):
     np.save(tmp_path / "zeros.npy", np.zeros((4, 1, 28, 28), np.float32))
     stats = collect_statistics(graph, DataSpec(tmp_path / "zeros.npy"), progress=False)
-    with pytest.raises(StatisticsError, match="all zero.*--zero-amax"):
+    with pytest.raises(StatisticsError, match="all zero.*zero_amax"):
         calibrate_statistics(graph, stats)
     table = calibrate_statistics(graph, stats, zero_amax=1.0)
     assert table.activations["image"] == 1.0 and "all zero" in table.notes["image"]

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from calibrators.entropy import EntropyCalibrator
 from quantlab import get_calibrator
+from quantlab.calibrators.entropy import EntropyCalibrator
 from quantlab.histogram import TensorHistogram
 
 from entropy_reference import reference_entropy_amax

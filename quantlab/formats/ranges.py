@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..atomic import write_bytes_atomic, write_text_atomic
-from ..errors import CacheFormatError
+from ..errors import CacheFormatError, QuantlabError
 from .ortables import (
     format_ort_cache,
     format_ort_flatbuffers,
@@ -24,7 +24,20 @@ from .ortables import (
     parse_ort_flatbuffers,
     parse_ort_json,
 )
-from .trtcache import TrtCache, make_header, parse_trt_cache, read_cache_bytes, write_trt_cache
+from .trtcache import (
+    DEFAULT_ALGORITHM,
+    DEFAULT_TRT_VERSION,
+    TRT4_HEADER,
+    TrtCache,
+    check_header,
+    decode_cache_text,
+    looks_like_trt_cache,
+    make_header,
+    parse_trt_cache,
+    parse_version,
+    read_cache_bytes,
+    write_trt_cache,
+)
 
 FORMATS = ("trt", "ort-flatbuffers", "ort-cache", "ort-json", "quantlab")
 DESCRIPTIONS = {
@@ -52,33 +65,52 @@ class RangeFile:
 
 
 def parse_ranges(data: bytes, source: str = "file") -> RangeFile:
-    """Detect the format of ``data`` from its content and parse it."""
+    """Detect the format of ``data`` from its content and parse it.
+
+    Detection goes by the strongest sign first, and a file is then judged as the format it
+    looks like: its errors name that format and what is wrong (the line, the entry, the byte),
+    instead of falling through to another reader. In order:
+
+    * ``TRT-`` or a bare ``1`` line at the start: a TensorRT cache (bytes that are not text
+      are reported with their line);
+    * NUL bytes: binary, an ONNX Runtime ``calibration.flatbuffers`` table (text formats never
+      hold a NUL, and every flatbuffers file does: its offsets are little-endian integers);
+    * ``{`` or ``[`` first: JSON, a quantlab table or ONNX Runtime's ``calibration.json``;
+    * ``<name>: <hex>`` lines with no header: a TensorRT cache that lost its header line;
+    * anything else: ONNX Runtime's plain ``calibration.cache`` (``<name> <amax>`` lines).
+    """
     if not data.strip():
         raise CacheFormatError(f"{source} is empty: not a calibration cache or table")
+    if looks_like_trt_cache(data):
+        cache = parse_trt_cache(decode_cache_text(data, source), source)
+        return RangeFile("trt", cache.amax(), source, trt=cache)
+    stripped = data.lstrip()
+    looks_json = stripped.startswith((b"{", b"["))
+    if b"\x00" in data:
+        if _binary_start(data):
+            return RangeFile("ort-flatbuffers", parse_ort_flatbuffers(data, source), source)
+        at = data.index(b"\x00")
+        line = data.count(b"\n", 0, at) + 1
+        kind = ("a JSON table (quantlab or ONNX Runtime calibration.json)" if looks_json
+                else "a text table (ONNX Runtime calibration.cache)")
+        raise CacheFormatError(
+            f"{source} looks like {kind} but line {line} holds a NUL byte "
+            f"(byte {at}): the file is corrupt"
+        )
     try:
         text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return RangeFile("ort-flatbuffers", parse_ort_flatbuffers(data, source), source)
-    stripped = text.lstrip()
-    if stripped.startswith("{"):
-        try:
-            obj = json.loads(text)
-        except ValueError as exc:
-            raise CacheFormatError(f"{source} looks like JSON but does not parse: {exc}") from exc
-        if isinstance(obj, dict) and obj.get("format") == "quantlab-calibration-table":
-            from ..table import CalibrationTable
-
-            table = CalibrationTable.from_dict(obj, source)
-            return RangeFile("quantlab", dict(table.activations), source,
-                             extra={"method": table.method, "params": table.params,
-                                    "provenance": table.provenance, "table": table})
-        return RangeFile("ort-json", parse_ort_json(obj, source), source)
-    first = text.splitlines()[0] if text.splitlines() else ""
-    if first.startswith("TRT-") or first.strip() == "1":
-        cache = parse_trt_cache(text, source)
-        return RangeFile("trt", cache.amax(), source, trt=cache)
-    if "\x00" in text:
-        return RangeFile("ort-flatbuffers", parse_ort_flatbuffers(data, source), source)
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        kind = ("a JSON table (quantlab or ONNX Runtime calibration.json)" if looks_json
+                else "a text table (ONNX Runtime calibration.cache)")
+        raise CacheFormatError(
+            f"{source} looks like {kind} but byte {exc.start} (line {line}) is not UTF-8 text: "
+            "the file is corrupt, or not a calibration cache or table"
+        ) from exc
+    if looks_json:
+        return _parse_json(text, source)
+    lines = text.splitlines()
+    first = lines[0] if lines else ""
     if ": " in first and " " not in first.rpartition(": ")[2]:
         raise CacheFormatError(
             f"{source} line 1: {first[:60]!r} looks like a TensorRT cache entry but the "
@@ -87,15 +119,114 @@ def parse_ranges(data: bytes, source: str = "file") -> RangeFile:
     return RangeFile("ort-cache", parse_ort_cache(text, source), source)
 
 
+def _binary_start(data: bytes) -> bool:
+    """Does ``data`` start like a flatbuffers file rather than like text?
+
+    A flatbuffers file starts with the offset of its root table, a little-endian uint32 that
+    lies inside the file; text starts with a printable character. A text file with a stray NUL
+    further on (a corrupt download, say) is still judged as text.
+    """
+    if len(data) >= 4 and int.from_bytes(data[:4], "little") < len(data):
+        return True
+    return not (data[0] >= 0x20 or data[:1] in (b"\t", b"\n", b"\r"))
+
+
+def _parse_json(text: str, source: str) -> RangeFile:
+    quantlab = '"quantlab-calibration-table"' in text
+    kind = "a quantlab calibration table" if quantlab else "an ONNX Runtime calibration.json table"
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        at_end = getattr(exc, "pos", 0) >= len(text.rstrip()) or str(exc).startswith("Unterminated string")
+        truncated = " (truncated?)" if at_end else ""
+        raise CacheFormatError(f"{source} looks like {kind} (JSON) but is not valid JSON{truncated}: {exc}") from exc
+    if isinstance(obj, dict) and obj.get("format") == "quantlab-calibration-table":
+        from ..table import CalibrationTable
+
+        activations = obj.get("activations")
+        if not isinstance(activations, dict) or not all(isinstance(e, dict) for e in activations.values()):
+            raise CacheFormatError(
+                f"{source}: quantlab calibration table whose 'activations' is not an object of "
+                "{tensor: {\"amax\": ...}} entries; the file is corrupt"
+            )
+        try:
+            table = CalibrationTable.from_dict(obj, source)
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise CacheFormatError(f"{source}: malformed quantlab calibration table ({type(exc).__name__}: {exc})") from exc
+        return RangeFile("quantlab", dict(table.activations), source,
+                         extra={"method": table.method, "params": table.params,
+                                "provenance": table.provenance, "table": table})
+    return RangeFile("ort-json", parse_ort_json(obj, source), source)
+
+
+def header_for_conversion(source: RangeFile, trt_version=None, trt_algorithm: Optional[str] = None) -> str:
+    """The TensorRT cache header to write when ``source`` is converted to a TensorRT cache.
+
+    Pure: reads nothing but its arguments.
+
+    * Neither ``trt_version`` nor ``trt_algorithm`` given: the source's own header, exactly (a
+      TensorRT 4 bare ``1`` included), so a TensorRT cache converts to itself byte for byte; a
+      quantlab table gives the header its cache was written with (``trt_cache_header`` in its
+      provenance); any other source ``TRT-8601-EntropyCalibration2``.
+    * Only one given: the other comes from the source where it has one (else the defaults,
+      8.6.1 and EntropyCalibration2). A 4.x ``trt_version`` gives the bare ``1`` header, which
+      records no algorithm.
+    * Asking for an algorithm for a TensorRT 4 source without a version is refused: its header
+      holds no version number to keep (say which TensorRT should read the cache).
+
+    ``trt_version`` is text (``"10.3.0"``, ``"8601"``) or a tuple. Errors are QuantlabErrors
+    naming ``trt_version`` / ``trt_algorithm``.
+    """
+    old = _source_header(source)
+    if trt_version is None and trt_algorithm is None:
+        return old if old is not None else make_header(DEFAULT_TRT_VERSION, DEFAULT_ALGORITHM)
+    if isinstance(trt_version, str):
+        trt_version = parse_version(trt_version)
+    old_cache = TrtCache(old) if old is not None else None
+    if trt_version is None:
+        if old == TRT4_HEADER:
+            raise QuantlabError(
+                f"{source.source or 'the source'} has a TensorRT 4 header ('1'), which records no "
+                f"algorithm and no version number: pass trt_version too to write a "
+                f"TRT-<version>-{trt_algorithm} header",
+                params=("trt_version",),
+            )
+        trt_version = old_cache.version if old_cache is not None else DEFAULT_TRT_VERSION
+    if trt_algorithm is None:
+        trt_algorithm = (old_cache.algorithm if old_cache is not None else None) or DEFAULT_ALGORITHM
+    return make_header(trt_version, trt_algorithm)
+
+
+def _source_header(source: RangeFile) -> Optional[str]:
+    """The TensorRT header a range file carries or records (None: none)."""
+    if source.trt is not None:
+        return source.trt.header
+    recorded = (source.extra.get("provenance") or {}).get("trt_cache_header")
+    if isinstance(recorded, str):
+        try:
+            return check_header(recorded)
+        except CacheFormatError:
+            return None
+    return None
+
+
 def read_ranges(path: str | Path) -> RangeFile:
     return parse_ranges(read_cache_bytes(path), str(path))
 
 
 def write_ranges(path: str | Path, fmt: str, amax: dict[str, float], *,
-                 trt_header: Optional[str] = None, provenance: Optional[dict] = None) -> Path:
-    """Write ``amax`` in format ``fmt`` (atomically)."""
+                 trt_header: Optional[str] = None, provenance: Optional[dict] = None,
+                 like: Optional[RangeFile] = None) -> Path:
+    """Write ``amax`` in format ``fmt`` (atomically).
+
+    ``like``: the range file being converted; a TensorRT cache written from a TensorRT source
+    keeps the source's line endings, so with ``trt_header=header_for_conversion(source)`` and
+    ``source.amax`` the output is the source, byte for byte.
+    """
     if fmt == "trt":
-        return write_trt_cache(path, amax, trt_header or make_header())
+        layout = like.trt if like is not None and like.trt is not None else TrtCache("")
+        return write_trt_cache(path, amax, trt_header or make_header(),
+                               newline=layout.newline, final_newline=layout.final_newline)
     if fmt == "ort-flatbuffers":
         return write_bytes_atomic(path, format_ort_flatbuffers(amax))
     if fmt == "ort-cache":
