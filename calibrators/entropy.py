@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from ._common import as_histogram
+from ._common import MAX_BITS, MIN_BITS, as_histogram, int_param
 
 # Candidates whose fast score is within this distance of the best are re-scored exactly.
 _RESCORE_ABS = 1e-9
@@ -47,28 +47,48 @@ _RESCORE_REL = 1e-7
 
 
 class EntropyCalibrator:
-    """Minimum KL divergence between the clipped distribution and its 128-level quantization."""
+    """Minimum KL divergence between the clipped distribution and its 128-level quantization.
+
+    Parameters (int, or integer text as ``--param`` passes it): ``num_bits`` 2 to 8 (default 8;
+    INT8 is what the cache holds), ``start_bin`` at least ``2**(num_bits-1)`` (default 128) and
+    at most the histogram's bin count (checked in :meth:`compute_amax`). Bad values are a
+    ValueError saying which and why.
+    """
 
     name = "entropy"
     trt_algorithm = "EntropyCalibration2"
 
     def __init__(self, num_bits: int = 8, start_bin: int = 128):
-        if num_bits < 2:
-            raise ValueError(f"num_bits must be >= 2, got {num_bits}")
-        self.num_bits = int(num_bits)
-        self.start_bin = int(start_bin)
+        self.num_bits = int_param("num_bits", num_bits, MIN_BITS, MAX_BITS)
+        levels = 1 << (self.num_bits - 1)
+        # Below 2**(num_bits-1) a candidate has fewer bins than quantization levels: its last
+        # bin is not in the top level and the divergence is not the reference's (nor meaningful).
+        self.start_bin = int_param("start_bin", start_bin, levels,
+                                   why=" (2**(num_bits-1): a histogram bin per quantization level)")
 
     def params(self) -> dict:
         return {"num_bits": self.num_bits, "start_bin": self.start_bin}
 
     def compute_amax(self, hist: np.ndarray, edges: np.ndarray) -> float:
+        """amax = the edge of the minimum-KL threshold (0.0 for an empty histogram).
+
+        ValueError when ``start_bin`` exceeds the histogram's bins (no candidate threshold).
+        """
         counts, bounds = as_histogram(hist, edges)
         index = entropy_threshold_index(counts, self.num_bits, self.start_bin)
         return 0.0 if index is None else float(bounds[index])
 
 
 def entropy_threshold_index(hist: np.ndarray, num_bits: int = 8, start_bin: int = 128) -> int | None:
-    """Index ``i`` into the edges of the minimum-KL threshold (None for an empty histogram)."""
+    """Index ``i`` into the edges of the minimum-KL threshold (None for an empty histogram).
+
+    Candidates are ``start_bin`` to ``len(hist)``; a ``start_bin`` beyond that is a ValueError.
+    """
+    if start_bin > len(hist):
+        raise ValueError(
+            f"start_bin {start_bin} is beyond the histogram's {len(hist)} bins; use a start_bin of "
+            f"at most {len(hist)}, or more bins"
+        )
     bins = np.array(hist, dtype=np.float64)
     if len(bins) < 2 or bins.sum() == 0:
         return None

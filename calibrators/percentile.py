@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from ._common import as_histogram
+from ._common import as_histogram, number_param
 
 
 class PercentileCalibrator:
@@ -16,16 +14,20 @@ class PercentileCalibrator:
     cumulative fraction is ``cumsum(hist / total)``, as there). Where that edge is 0 (more than
     p % of the values lie in bin 0, e.g. a mostly-zero ReLU output) the upper edge of bin 0 is
     returned instead, so the scale is never 0.
+
+    ``p``: a number (int, float or numeric text) in (0, 100]; anything else, NaN and bools
+    included, is a ValueError ("p must be a number in (0, 100], got 150").
     """
 
     name = "percentile"
     trt_algorithm = "EntropyCalibration2"
 
     def __init__(self, p: float = 99.99):
-        p = float(p)
-        if not (0 < p <= 100) or math.isnan(p):
-            raise ValueError(f"percentile p must be in (0, 100], got {p}")
-        self.p = p
+        requirement = "a number in (0, 100]"
+        value = number_param("p", p, requirement)
+        if not 0 < value <= 100:
+            raise ValueError(f"p must be {requirement}, got {p!r}")
+        self.p = value
 
     def params(self) -> dict:
         return {"p": self.p}

@@ -13,24 +13,44 @@ from collections.abc import Sequence
 from typing import Optional
 
 
-class Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that ``finally`` blocks remove temporary files."""
-
-
 def _terminate(signum, frame) -> None:
+    from .errors import Terminated
+
     raise Terminated()
 
 
+def _interrupt_behind(exc: BaseException) -> Optional[BaseException]:
+    """The KeyboardInterrupt/Terminated that caused ``exc``, if any.
+
+    An extension module interrupted while it initialises may report that as an ImportError
+    (ONNX Runtime's does: "initialization failed"), with the interrupt as its cause.
+    """
+    from .errors import Terminated
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, (KeyboardInterrupt, Terminated)):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from .errors import Terminated
+
     signal.signal(signal.SIGTERM, _terminate)
     try:
         from .cli import run
-    except KeyboardInterrupt:
-        print("quantlab: interrupted; no output was written", file=sys.stderr)
-        return 130
-    except Terminated:
-        print("quantlab: terminated; no output was written", file=sys.stderr)
-        return 143
+    except (KeyboardInterrupt, Terminated, ImportError) as exc:
+        interrupt = _interrupt_behind(exc)
+        if interrupt is None:
+            print(f"quantlab: error: a dependency failed to import ({exc}); reinstall quantlab with pip",
+                  file=sys.stderr)
+            return 2
+        verb, code = ("terminated", 143) if isinstance(interrupt, Terminated) else ("interrupted", 130)
+        print(f"quantlab: {verb}; no output was written", file=sys.stderr)
+        return code
     return run(argv)
 
 

@@ -38,7 +38,14 @@ from .formats.ranges import RangeFile, read_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph
 from .histogram import DEFAULT_BINS
-from .preprocess import DataFingerprint, iterate_batches, select_indices
+from .preprocess import (
+    DataFingerprint,
+    check_batch_size,
+    describe_scaling,
+    first_sample_dtype,
+    iterate_batches,
+    select_indices,
+)
 from .qdq import export_qdq, integer_ops
 from .report import Report, bar_figure, histogram_figure, sqnr_figure
 
@@ -62,10 +69,15 @@ class HeldOut:
     def __init__(self, graph: ModelGraph, data: DataSpec):
         if data.source is None and not _is_default_model(graph):
             raise DataError("no held-out data given for this model: set `data`", params=("data",))
+        check_batch_size(data.batch_size)
+        data.preprocess.check_against(graph.inputs)
         self.graph, self.data = graph, data
         self.source = data.source if data.source is not None else defaults.HELDOUT_DATA
         self.dataset = open_dataset(self.source, data.data_format, graph)
         self.indices = select_indices(len(self.dataset), data.num_samples, data.seed)
+        spec = graph.inputs[0]
+        self.scaling = describe_scaling(first_sample_dtype(self.dataset, self.indices, spec.name), spec,
+                                        data.preprocess)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -165,7 +177,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
                        "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},
         "ranges": {"file": ranges.source, "format": ranges.format, "method": ranges.extra.get("method")
                    if ranges.extra else None},
-        "data": {"source": str(heldout.source),
+        "data": {"source": str(heldout.source), "scaling": heldout.scaling,
                  "samples": result.samples, "fingerprint": fingerprint.hexdigest,
                  "overlap_with_calibration": overlap},
         "outputs": result.outputs,

@@ -13,13 +13,24 @@ from typing import Optional
 import numpy as np
 
 from .formats.ranges import RangeFile
-from .formats.trtcache import ALGORITHMS
+from .formats.trtcache import ALGORITHMS, FLOAT32_TINY, describe_header
 from .graph import ModelGraph
 
 GENERATED_NAME = re.compile(r"\(Unnamed Layer\* \d+\)|^\(Unnamed")
 CLEAN, WARNINGS, ERRORS = 0, 1, 2
 # Beyond this an activation range is almost surely an artefact (float16 tops out at 65504).
 HUGE_AMAX = 1e6
+# Below this an activation range is almost surely an artefact too: its INT8 step (the scale,
+# amax / 127) is smaller than the smallest positive float16, 2**-24 (about 6e-8), so in an
+# engine with FP16 layers (--fp16/--best, the usual pairing with --int8) the tensor's lowest
+# INT8 levels dequantize to 0 and the rest lose bits. Real activations are rarely this narrow;
+# a dead channel, an all-zero tensor given a placeholder range, or a corrupted (e.g. cut short)
+# hex scale are the usual causes. 127 * 2**-24 is about 7.6e-6.
+TINY_AMAX = 127 * 2.0**-24
+# A float32 scale below the smallest normal float32 (2**-126, amax below about 1.5e-36) is
+# subnormal: GPU kernels flush it to zero (and its reciprocal, the quantization multiplier,
+# overflows float32), so the tensor quantizes as if its scale were 0. An error, like a zero scale.
+SUBNORMAL_SCALE = FLOAT32_TINY
 
 
 def inspect_ranges(ranges: RangeFile, top: int = 5) -> dict:
@@ -48,8 +59,9 @@ def inspect_ranges(ranges: RangeFile, top: int = 5) -> dict:
     if ranges.trt is not None:
         version = ranges.trt.version
         info["header"] = ranges.trt.header
-        info["tensorrt_version"] = ".".join(map(str, version)) if version else "4.x (bare '1' header)"
-        info["algorithm"] = ranges.trt.algorithm
+        info["tensorrt_version"] = ".".join(map(str, version)) if version else "4.x"
+        info["algorithm"] = ranges.trt.algorithm  # None for a TensorRT 4 header: it records none
+        info["header_description"] = describe_header(ranges.trt.header)
     if ranges.format == "quantlab":
         info["method"] = ranges.extra.get("method")
         info["params"] = ranges.extra.get("params")
@@ -60,10 +72,15 @@ def lint_ranges(ranges: RangeFile, graph: Optional[ModelGraph] = None,
                 trt_version: Optional[tuple] = None) -> dict:
     """Problems that would make TensorRT build a wrong engine or ignore the cache.
 
-    Errors: zero, negative, NaN or infinite scales; a cache for a TensorRT that cannot use it
-    (TensorRT 11 has no implicit calibration). Warnings: entries naming no tensor of the model,
-    model activations without an entry, generated TensorRT layer names, an unknown algorithm,
-    a header version other than the TensorRT it is meant for.
+    Errors: zero, negative, NaN or infinite scales, and positive scales that are subnormal
+    (or zero) in float32 (below 2**-126: GPUs flush them to zero); a cache for a TensorRT that
+    cannot use it (TensorRT 11 has no implicit calibration). Warnings: ranges above
+    :data:`HUGE_AMAX` or below :data:`TINY_AMAX` (a float16-representable INT8 step), entries
+    naming no tensor of the model, model activations without an entry, generated TensorRT layer
+    names, an unknown algorithm, a header version other than the TensorRT it is meant for.
+
+    The float32 scale of an entry is the cache's own for a TensorRT cache, else
+    ``float32(amax / 127)`` as a TensorRT cache or ONNX Runtime would compute it.
     """
     findings: list[dict] = []
 
@@ -82,6 +99,21 @@ def lint_ranges(ranges: RangeFile, graph: Optional[ModelGraph] = None,
         bad = [n for n, v in ranges.amax.items() if test(v)]
         if bad:
             add("error", code, f"{len(bad)} tensor(s) with {words}", bad)
+    scales = _float32_scales(ranges)
+    subnormal = [n for n, v in ranges.amax.items()
+                 if math.isfinite(v) and v > 0 and scales[n] < SUBNORMAL_SCALE]
+    if subnormal:
+        add("error", "subnormal-scale",
+            f"{len(subnormal)} tensor(s) with a float32 scale below {SUBNORMAL_SCALE:.3g} (amax below "
+            f"{SUBNORMAL_SCALE * 127:.3g}): such a scale is subnormal, and GPUs flush it to zero, so "
+            "TensorRT quantizes the tensor as with a zero scale", subnormal)
+    tiny = [n for n, v in ranges.amax.items()
+            if math.isfinite(v) and 0 < v < TINY_AMAX and scales[n] >= SUBNORMAL_SCALE]
+    if tiny:
+        add("warning", "tiny-range",
+            f"{len(tiny)} tensor(s) with amax below {TINY_AMAX:.3g} (an INT8 step below float16's "
+            "smallest value, 6e-8): with FP16 layers their lowest INT8 levels become 0; often a dead "
+            "tensor, a placeholder range or a damaged scale", tiny)
     huge = [n for n, v in ranges.amax.items() if math.isfinite(v) and v > HUGE_AMAX]
     if huge:
         add("warning", "huge-range",
@@ -130,6 +162,14 @@ def lint_ranges(ranges: RangeFile, graph: Optional[ModelGraph] = None,
         WARNINGS if findings else CLEAN)
     return {"file": ranges.source, "format": ranges.format, "entries": len(ranges.amax),
             "status": ["clean", "warnings", "errors"][status], "exit_code": status, "findings": findings}
+
+
+def _float32_scales(ranges: RangeFile) -> dict[str, float]:
+    """The float32 scale TensorRT uses for each entry (the cache's own, else float32(amax / 127))."""
+    if ranges.trt is not None:
+        return dict(ranges.trt.scales)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        return {n: float(np.float32(v / 127.0)) if math.isfinite(v) else v for n, v in ranges.amax.items()}
 
 
 def diff_ranges(a: RangeFile, b: RangeFile, top: int = 10, tolerance: float = 0.01) -> dict:

@@ -25,7 +25,14 @@ from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph, load_model
 from .histogram import DEFAULT_BINS
 from .plugins import detect_dataset_adapter, get_calibrator, get_dataset_adapter
-from .preprocess import Preprocess, iterate_batches, select_indices
+from .preprocess import (
+    Preprocess,
+    check_batch_size,
+    describe_scaling,
+    first_sample_dtype,
+    iterate_batches,
+    select_indices,
+)
 from .statistics import Statistics, merge_files
 from .table import CalibrationTable, timestamp, versions
 from .weights import weight_ranges
@@ -82,8 +89,8 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     """Run the FP32 model over the selected samples and return statistics of ``tensors``
     (a scope of :func:`select_tensors`)."""
     graph = resolve_model(model)
-    if data.batch_size <= 0:
-        raise DataError(f"batch_size must be positive, got {data.batch_size}", params=("batch_size",))
+    check_batch_size(data.batch_size)
+    data.preprocess.check_against(graph.inputs)
     source = data.source if data.source is not None else defaults.CALIBRATION_DATA
     if data.source is None and model is not None and not _is_default_model(graph):
         raise DataError("no calibration data given for this model: set `data` (a path or a dataset)", params=("data",))
@@ -103,7 +110,11 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     collector = ActivationCollector(graph, select_tensors(graph, tensors), bins=bins, providers=providers,
                                     threads=threads)
     batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
-    return collector.collect(batches, total=len(indices), progress=progress)
+    stats = collector.collect(batches, total=len(indices), progress=progress)
+    if graph.inputs:
+        spec = graph.inputs[0]
+        stats.scaling = describe_scaling(first_sample_dtype(dataset, indices, spec.name), spec, data.preprocess)
+    return stats
 
 
 TENSOR_SCOPES = ("all", "qdq")
@@ -191,6 +202,7 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
     provenance = {
         "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None},
         "data": {"fingerprint": stats.fingerprint.hexdigest, "num_samples": stats.num_samples,
+                 **({"scaling": stats.scaling} if stats.scaling else {}),
                  "histogram_bins": stats.bins, "sample_digests": stats.fingerprint.sample_digests()},
         "versions": versions(),
         "created": timestamp(),
@@ -238,9 +250,9 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
         check_output(table, inputs)
         if Path(os.path.realpath(table)) == Path(os.path.realpath(output)):
             raise OutputError(f"the cache and the table would both be written to {output}; "
-                              "give the table another path", params=("table",))
+                              "give `table` another path", params=("table",))
     elif table is not None:
-        raise QuantlabError("table is only written beside a cache: give output too", params=("table", "output"))
+        raise QuantlabError("a table is only written beside a cache: give `output` too", params=("table", "output"))
     if save_stats is not None:
         check_output(save_stats, inputs)
         if output is not None and os.path.realpath(save_stats) in (os.path.realpath(output), os.path.realpath(table)):

@@ -20,7 +20,7 @@ from . import __version__, defaults
 from .atomic import check_output, check_output_folder, protect_inputs, reset_written, written_files
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
 from .calibrate import TENSOR_SCOPES, DataSpec, calibrate, collect_statistics, resolve_model
-from .errors import QuantlabError
+from .errors import QuantlabError, Terminated, respell
 from .formats.ranges import FORMATS, read_ranges, write_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, make_header, parse_version
 from .graph import load_model
@@ -41,8 +41,10 @@ examples:
                                                                     # ...calibrate offline
 
 data (--data): a folder of images (one sub-folder per class), a .npy/.npz file, an IDX file
-(MNIST format, .gz or not) or module:function returning samples. Images are scaled by 1/255,
-then --mean/--std, and laid out as the model's input wants (NCHW/NHWC from its shape).
+(MNIST format, .gz or not) or module:function returning samples. Integer samples (8-bit pixels,
+whatever their shape) are scaled by 1/255 and float samples fed as they are, unless --scale says
+otherwise; then --mean/--std, laid out as the model's input wants (NCHW/NHWC from its shape).
+In a .npz the inputs are the array 'x' (or named like the model input) and labels 'y'.
 
 outputs: the TensorRT calibration cache (-o; header TRT-<version>-<algorithm>, set with
 --trt-version/--trt-algorithm to match the TensorRT that reads it) and quantlab's JSON table
@@ -100,8 +102,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str
     group.add_argument("--seed", type=_count(0), default=0, help="seed of the sample subset (default 0)")
     group.add_argument("--resize", type=_count(1), nargs=2, metavar=("H", "W"), help="resize images first")
     group.add_argument("--crop", type=_count(1), nargs=2, metavar=("H", "W"), help="centre-crop images")
-    group.add_argument("--scale", type=_number, help="multiply pixels by this (default 1/255 for "
-                       "8-bit images, 1 otherwise)")
+    group.add_argument("--scale", type=_number, help="multiply samples by this (default: 1/255 for integer "
+                       "samples, taken as 8-bit pixels, whatever their shape; float samples are fed as they are)")
     group.add_argument("--mean", type=_number, nargs="+", help="per-channel mean subtracted after scaling")
     group.add_argument("--std", type=_number, nargs="+", help="per-channel std divided by after the mean")
     group.add_argument("--layout", choices=["NCHW", "NHWC"], help="input layout (default: the model's)")
@@ -330,7 +332,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
-             f"(ranges: {data['ranges']['format']} {data['ranges']['file']})"]
+             f"(ranges: {data['ranges']['format']} {data['ranges']['file']})",
+             f"  input: {respell(data['data']['scaling'], _flag_spelling(args.command_parser))}"]
     for o in data["outputs"]:
         parts = [f"{label} {o[key]:.4f}" for label, key in (
             ("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("agreement", "top1_agreement"),
@@ -596,11 +599,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.quiet:
         table = result.table
         amax = sorted(table.activations.values())
+        scaling = (f"\n              input       : {respell(result.statistics.scaling, _flag_spelling(args.command_parser))}"
+                   if result.statistics.scaling else "")
         print(textwrap.dedent(f"""\
             calibrated {model_path.name} with {table.method} {table.params or ''}
               activations : {len(table.activations)} tensors, amax {amax[0]:.4g} .. {amax[-1]:.4g}
               weights     : {len(table.weights)} tensors, per output channel
-              samples     : {result.statistics.num_samples}
+              samples     : {result.statistics.num_samples}{scaling}
               time        : {result.seconds:.2f} s
               cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})
               table       : {result.table_path}"""))
@@ -674,8 +679,6 @@ def _interrupted(verb: str, code: int) -> int:
 
 def run(argv: Optional[Sequence[str]] = None) -> int:
     """Parse ``argv`` and run the command: exit 0 done, 2 user error (one line), 130/143 interrupted."""
-    from .__main__ import Terminated
-
     parser = build_parser()
     args = None
     try:

@@ -31,14 +31,21 @@ class QuantlabError(Exception):
 
     def render(self, spelling: Mapping[str, str]) -> str:
         """The message with each declared parameter name written as ``spelling`` spells it."""
-        text = str(self)
-        for name in self.params:
-            if name not in spelling:
-                continue
-            text = text.replace(f"`{name}`", spelling[name])
-            if "_" in name:
-                text = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w-])", spelling[name], text)
-        return text
+        return respell(str(self), spelling, self.params)
+
+
+def respell(text: str, spelling: Mapping[str, str], names: Sequence[str] = ()) -> str:
+    """``text`` with parameter names (in backticks; with an underscore, also bare) re-spelled.
+
+    ``names`` limits which names are re-spelled; by default every name ``spelling`` knows.
+    """
+    for name in names or list(spelling):
+        if name not in spelling:
+            continue
+        text = text.replace(f"`{name}`", spelling[name])
+        if "_" in name:
+            text = re.sub(rf"(?<![\w./-]){re.escape(name)}(?![\w-])", spelling[name], text)
+    return text
 
 
 class ModelError(QuantlabError):
@@ -63,3 +70,11 @@ class CalibratorError(QuantlabError):
 
 class OutputError(QuantlabError):
     """An output path that cannot or must not be written (a device, a FIFO, one of the inputs)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread by the CLI's handler.
+
+    A BaseException like KeyboardInterrupt, so that ``except Exception`` in user callables does
+    not swallow it and every ``finally`` on the way out removes its temporary files.
+    """

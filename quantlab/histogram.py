@@ -13,6 +13,14 @@ for any batch size, any order and any split into shards - and it is built in one
 
 The price: the data's maximum sits in the upper half of the range, so between ``bins/2`` and
 ``bins`` bins cover the data (TensorRT's calibrators, by comparison, cover it with all of them).
+
+How many bins (:func:`check_bins`): a power of two (the exact rebinning above needs it), from
+``MIN_BINS`` = 256 to ``MAX_BINS`` = 65536. The floor: ``entropy`` and ``mse`` search thresholds
+from bin ``start_bin`` = 128 up (one histogram bin per INT8 level at least), so with 128 bins or
+fewer they would have no threshold to choose; 256 leaves them the upper half, where the data's
+maximum lies. The ceiling: memory. Every tensor holds ``bins`` int64 counts, and the vectorised
+KL search works on a (bins x 129) array per tensor (65536 bins: about 70 MB per array, several
+of them); more bins than that buy no INT8 precision (the INT8 grid has 255 levels).
 """
 
 from __future__ import annotations
@@ -22,13 +30,33 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .errors import QuantlabError
+
 DEFAULT_BINS = 2048
+MIN_BINS = 256
+MAX_BINS = 65536
 # Values binned per step: the float and integer scratch of one chunk (1.5 MiB) stay in L2.
 CHUNK = 1 << 17
 _SCRATCH = threading.local()
 # Exponent of an empty or all-zero histogram: every value it holds is 0, which sits in bin 0 at
 # any range, so rebinning it to any real exponent is exact.
 EMPTY_EXPONENT = -(2**31)
+
+
+def check_bins(bins) -> int:
+    """``bins`` as an int if it is a valid histogram size, else a QuantlabError naming ``bins``.
+
+    Valid: a power of two from :data:`MIN_BINS` (256) to :data:`MAX_BINS` (65536); see the module
+    docstring for why. Call it before any long work (the collector calls it too).
+    """
+    valid = (not isinstance(bins, bool) and isinstance(bins, (int, np.integer))
+             and MIN_BINS <= bins <= MAX_BINS and not bins & (bins - 1))
+    if not valid:
+        raise QuantlabError(
+            f"bins must be a power of two from {MIN_BINS} to {MAX_BINS} (default {DEFAULT_BINS}), got {bins!r}",
+            params=("bins",),
+        )
+    return int(bins)
 
 
 def range_exponent(max_abs: float) -> int:
@@ -59,8 +87,7 @@ class TensorHistogram:
     inf_count: int = 0
 
     def __post_init__(self) -> None:
-        if self.bins < 2 or self.bins & (self.bins - 1):
-            raise ValueError(f"bins must be a power of two >= 2, got {self.bins}")
+        self.bins = check_bins(self.bins)
         if self.counts is None:
             self.counts = np.zeros(self.bins, dtype=np.int64)
 

@@ -97,7 +97,8 @@ class Preprocess:
         try:
             config = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read preprocessing config {path}: {exc}") from exc
+            raise DataError(f"cannot read preprocessing config {path}: {exc}; give a JSON file such as "
+                            '{"resize": [256, 256], "crop": [224, 224]}') from exc
         known = list(cls.__dataclass_fields__)
         if not isinstance(config, dict):
             raise DataError(f"{path} holds a JSON {type(config).__name__}, not an object; write "
@@ -136,7 +137,8 @@ class Preprocess:
         if geometry and not images:
             names = _and([f"`{n}`" for n in geometry])
             raise DataError(
-                f"{names} {'applies' if len(geometry) == 1 else 'apply'} only to image inputs (per-sample shape (C, H, W) or (H, W, C)), but "
+                f"{names} {'applies' if len(geometry) == 1 else 'apply'} only to image inputs (per-sample "
+                f"shape (C, H, W) or (H, W, C)), but "
                 f"model input {specs[0].name!r} has per-sample shape {_show(specs[0].sample_shape)}; "
                 f"remove {names}", params=geometry)
         for spec in images:
@@ -150,12 +152,12 @@ class Preprocess:
         if self.layout is not None:
             other = "NHWC" if self.layout == "NCHW" else "NCHW"
             implied, natural = _channel_dim(shape, self.layout), _channel_dim(shape, other)
-            if (isinstance(implied, int) and implied not in _CHANNEL_COUNTS
-                    and isinstance(natural, int) and natural in _CHANNEL_COUNTS):
+            if implied not in _CHANNEL_COUNTS and isinstance(natural, int) and natural in _CHANNEL_COUNTS:
+                meaning = "a dynamic number of" if implied is None else str(implied)
                 raise DataError(
                     f"model input {spec.name!r} has per-sample shape {_show(shape)}, which is {other} "
                     f"with {_count(natural, 'channel')}; `layout` {self.layout} does not fit it (it would "
-                    f"mean {implied} channels); set `layout` to {other} or leave it unset", params=("layout",))
+                    f"mean {meaning} channels); set `layout` to {other} or leave it unset", params=("layout",))
         if spec.dtype.kind == "f":
             channels = _channel_dim(shape, self.layout or model_layout(spec))
             for name in ("mean", "std"):

@@ -17,6 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -38,6 +39,8 @@ class Statistics:
     num_samples: int = 0
     fingerprint: DataFingerprint = field(default_factory=DataFingerprint)
     bins: int = DEFAULT_BINS
+    # How samples became model inputs (preprocess.describe_scaling); reported, not saved.
+    scaling: Optional[str] = field(default=None, compare=False)
 
     @classmethod
     def empty(cls, model_sha256: str, names: Iterable[str], bins: int = DEFAULT_BINS) -> Statistics:

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 import gzip
+import io
+import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from quantlab import defaults
-from quantlab.data import ArrayDataset, CallableDataset, IdxDataset, ImageFolderDataset, read_idx
+from quantlab.data import (
+    ArrayDataset,
+    CallableDataset,
+    IdxDataset,
+    ImageFolderDataset,
+    check_source_exists,
+    read_idx,
+)
 from quantlab.errors import DataError
 from quantlab.graph import load_model
 from quantlab.plugins import detect_dataset_adapter, list_dataset_adapters
@@ -106,8 +115,9 @@ def test_detection_picks_the_adapter_from_the_source(tmp_path, calib_images):
     assert detect_dataset_adapter(str(tmp_path / "a.npy")) is ArrayDataset
     assert detect_dataset_adapter(str(defaults.CALIBRATION_DATA)) is IdxDataset
     assert detect_dataset_adapter("some.module:function") is CallableDataset
+    (tmp_path / "blob.bin").write_bytes(b"\0" * 16)
     with pytest.raises(DataError, match="cannot tell"):
-        detect_dataset_adapter(str(tmp_path / "missing.bin"))
+        detect_dataset_adapter(str(tmp_path / "blob.bin"))
 
 
 def test_uint8_images_are_scaled_to_unit_range_in_nchw(spec, calib_images):
@@ -127,8 +137,10 @@ def test_resize_makes_larger_images_fit(spec, calib_images):
 
 
 def test_wrong_image_size_says_how_to_fix_it(spec):
-    with pytest.raises(DataError, match="--resize 28 28"):
+    with pytest.raises(DataError, match=r"images are 32x32 but model input 'image' wants 28x28; "
+                                        r"set `resize` to \(28, 28\)") as info:
         prepare(np.zeros((32, 32), np.uint8), spec, Preprocess())
+    assert "set --resize to (28, 28)" in info.value.render({"resize": "--resize", "crop": "--crop"})
 
 
 def test_misshaped_array_is_a_clear_error(spec):
@@ -154,3 +166,81 @@ def test_fingerprint_ignores_order_and_batching(spec):
     for batch in iterate_batches(data, order[::-1].copy(), [spec], Preprocess(), 3):
         two.add(batch.inputs)
     assert one.hexdigest == two.hexdigest and one.count == two.count == 20
+
+
+def test_callable_returning_none_is_a_data_error(tmp_path):
+    (tmp_path / "loader.py").write_text("def samples():\n    return None\n")
+    with pytest.raises(DataError, match=r"loader\.py:samples returned None; it must return a sequence of samples"):
+        CallableDataset(f"{tmp_path / 'loader.py'}:samples")
+
+
+def test_callable_returning_no_samples_is_a_data_error(tmp_path):
+    (tmp_path / "loader.py").write_text("def samples():\n    return []\n")
+    with pytest.raises(DataError, match="returned no samples"):
+        CallableDataset(f"{tmp_path / 'loader.py'}:samples")
+
+
+def test_callable_generator_that_raises_is_a_data_error(tmp_path):
+    (tmp_path / "loader.py").write_text("def samples():\n    yield 1\n    raise ValueError('disk gone')\n")
+    with pytest.raises(DataError, match="raised ValueError: disk gone"):
+        CallableDataset(f"{tmp_path / 'loader.py'}:samples")
+
+
+def test_callable_in_a_missing_file_says_no_such_file(tmp_path):
+    with pytest.raises(DataError, match=r"^no such file .*nope\.py \(in `source`") as info:
+        CallableDataset(f"{tmp_path / 'nope.py'}:fn")
+    assert "ModuleSpec" not in str(info.value) and info.value.params == ("source",)
+
+
+def test_callable_module_that_fails_to_import_is_a_data_error(tmp_path):
+    (tmp_path / "loader.py").write_text("def samples(:\n")
+    with pytest.raises(DataError, match=r"importing .*loader\.py raised SyntaxError"):
+        CallableDataset(f"{tmp_path / 'loader.py'}:samples")
+
+
+def test_check_source_exists_says_no_such_file_for_a_missing_path(tmp_path):
+    with pytest.raises(DataError, match=r"^no such file or folder .*missing\.npz; check the path") as info:
+        check_source_exists(str(tmp_path / "missing.npz"))
+    assert info.value.render({"source": "--data"}).endswith("given as --data")
+
+
+def test_check_source_exists_accepts_files_folders_and_module_functions(tmp_path):
+    (tmp_path / "d.npy").write_bytes(b"")
+    for source in (tmp_path / "d.npy", str(tmp_path), "some.module:function"):
+        check_source_exists(source)
+
+
+def test_empty_npy_is_a_clear_error(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros((0, 28, 28), np.uint8))
+    with pytest.raises(DataError, match=r"x\.npy holds no samples \(an array of shape \(0, 28, 28\)\)"):
+        ArrayDataset(tmp_path / "x.npy")
+
+
+def test_truncated_npz_file_is_a_clear_error(tmp_path, calib_images):
+    np.savez(tmp_path / "d.npz", x=calib_images[:50])
+    whole = (tmp_path / "d.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"cannot read .*cut\.npz as a \.npz archive.*save it again"):
+        ArrayDataset(tmp_path / "cut.npz")
+
+
+def test_npz_member_that_is_not_an_array_is_a_clear_error(tmp_path):
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("x.npy", b"not an array")
+    with pytest.raises(DataError, match=r"member 'x' of .*d\.npz is not a \.npy array"):
+        ArrayDataset(tmp_path / "d.npz")
+
+
+def test_npz_object_array_is_a_clear_error(tmp_path):
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as archive:
+        archive.writestr("x.npy", buffer.getvalue())
+    with pytest.raises(DataError, match=r"cannot read array 'x' of .*object arrays need pickle"):
+        ArrayDataset(tmp_path / "d.npz")
+
+
+def test_npz_inputs_of_different_lengths_are_a_clear_error(tmp_path, calib_images):
+    np.savez(tmp_path / "d.npz", a=calib_images[:4], b=calib_images[:3])
+    with pytest.raises(DataError, match=r"different sample counts \{'a': 4, 'b': 3\}"):
+        ArrayDataset(tmp_path / "d.npz", input_names=["a", "b"])

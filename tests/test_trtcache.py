@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from quantlab.errors import CacheFormatError
+from quantlab.errors import CacheFormatError, QuantlabError
 from quantlab.formats.trtcache import (
     encode_version,
     hex_to_scale,
@@ -105,3 +105,67 @@ def test_written_cache_reads_back_to_the_same_float32_scales(tmp_path):
     cache = read_trt_cache(path)
     assert cache.header == "TRT-100300-EntropyCalibration2"
     assert {k: np.float32(v) for k, v in cache.scales.items()} == {k: np.float32(v / 127) for k, v in amax.items()}
+
+
+def test_tensorrt4_version_writes_the_bare_1_header():
+    assert make_header((4, 0, 1), "EntropyCalibration") == "1"
+    assert make_header("4") == "1"
+
+
+@pytest.mark.parametrize("algorithm", ["a b", "Entropy\nCalibration2", "a:b", "", "Entropy-2", "2fast"])
+def test_header_refuses_an_algorithm_name_tensorrt_could_not_match(algorithm):
+    with pytest.raises(QuantlabError, match="trt_algorithm") as caught:
+        make_header((8, 6, 1), algorithm)
+    assert caught.value.params == ("trt_algorithm",)
+
+
+@pytest.mark.parametrize("text", ["8.60", "abc", "12345", "3.0", "8.6.1.2.3", "", "0.1", "100", "8601x"])
+def test_bad_version_text_is_refused_naming_trt_version(text):
+    with pytest.raises(QuantlabError, match="trt_version") as caught:
+        parse_version(text)
+    assert caught.value.params == ("trt_version",)
+
+
+def test_header_from_a_bad_version_tuple_is_a_quantlab_error():
+    with pytest.raises(QuantlabError, match="trt_version '8.60.1'"):
+        make_header((8, 60, 1), "EntropyCalibration2")
+
+
+def test_header_accepts_a_version_as_text():
+    assert make_header("10.3.0", "MinMaxCalibration") == "TRT-100300-MinMaxCalibration"
+
+
+@pytest.mark.parametrize("header", ["TRT-860-EntropyCalibration2", "TRT-08601-EntropyCalibration2"])
+def test_header_version_number_must_have_four_or_six_digits(header):
+    with pytest.raises(CacheFormatError, match="line 1.*version number"):
+        parse_trt_cache(f"{header}\na: 3c010204\n")
+
+
+def test_bad_body_line_is_reported_as_a_tensorrt_cache_with_the_whole_line():
+    text = "TRT-8601-EntropyCalibration2\na: 3c010204\nfoo: zz\n"
+    with pytest.raises(CacheFormatError, match=r"TensorRT calibration cache .*line 3: 'foo: zz' is not "
+                                               r"'<tensor name>: <hex scale>'"):
+        parse_trt_cache(text)
+
+
+def test_duplicate_tensor_names_the_line_of_its_first_entry():
+    with pytest.raises(CacheFormatError, match="line 4: tensor 'a' appears twice \\(first on line 2\\)"):
+        parse_trt_cache("TRT-8601-EntropyCalibration2\na: 1\nb: 2\na: 3\n")
+
+
+def test_nul_byte_in_a_tensor_name_is_a_bad_line():
+    with pytest.raises(CacheFormatError, match="line 2.*NUL"):
+        parse_trt_cache("TRT-8601-EntropyCalibration2\na\x00b: 3c010204\n")
+
+
+def test_non_utf8_bytes_in_a_cache_file_name_their_line(tmp_path):
+    path = tmp_path / "m.cache"
+    path.write_bytes(b"TRT-8601-EntropyCalibration2\na: 3c010204\nb\xff: 3c010204\n")
+    with pytest.raises(CacheFormatError, match="TensorRT calibration cache .*line 3.*not UTF-8"):
+        read_trt_cache(path)
+
+
+def test_writer_refuses_a_scale_that_is_subnormal_in_float32(tmp_path):
+    with pytest.raises(CacheFormatError, match="refusing.*subnormal"):
+        write_trt_cache(tmp_path / "m.cache", {"a": 1.0, "b": 1.8e-43}, "TRT-8601-EntropyCalibration2")
+    assert not (tmp_path / "m.cache").exists()

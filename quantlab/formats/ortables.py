@@ -24,7 +24,6 @@ from onnxruntime.quantization.CalTableFlatBuffers import KeyValue, TrtTable
 
 from ..errors import CacheFormatError
 
-
 FLATBUFFERS = "ONNX Runtime calibration.flatbuffers table"
 PLAIN = "ONNX Runtime calibration.cache table"
 JSON_TABLE = "ONNX Runtime calibration.json table"
@@ -79,7 +78,7 @@ def _check_flatbuffers_layout(data: bytes) -> None:
 
     def u32(at: int, what: str) -> int:
         if not 0 <= at <= size - 4:
-            raise _Corrupt(f"{what} at byte {at} lies past the end of the file")
+            raise _Corrupt(f"{what} lies past the end of the file")
         return int.from_bytes(data[at:at + 4], "little")
 
     def table_field(table: int, slot: int, what: str):
@@ -100,19 +99,20 @@ def _check_flatbuffers_layout(data: bytes) -> None:
         start = at + u32(at, what)
         length = u32(start, what)
         if start + 4 + length > size:
-            raise _Corrupt(f"{what} ({length} bytes at byte {start + 4}) runs past the end of the file")
+            raise _Corrupt(f"{what} runs past the end of the file")
 
     root = u32(0, "the root table offset")
     if root > size - 4:
-        raise _Corrupt(f"the root table offset ({root}) points past the end of the file; "
-                       "is this a calibration.flatbuffers table?")
+        raise _Corrupt("the root table offset at its start points past the end of the file "
+                       "(is this a calibration.flatbuffers table?)")
     field = table_field(root, 0, "the root table")
     if field is None:
         return  # a table without entries
     vector = field + u32(field, "the entry list")
     count = u32(vector, "the entry count")
     if vector + 4 + 4 * count > size:
-        raise _Corrupt(f"it lists {count} entries, more than the file has room for")
+        raise _Corrupt(f"it lists {count} entries, more than the file has room for" if count <= size
+                       else "its entry count is larger than the whole file")
     for index in range(count):
         slot = vector + 4 + 4 * index
         item = slot + u32(slot, f"entry {index}")

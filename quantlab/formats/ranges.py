@@ -39,6 +39,7 @@ from .trtcache import (
     write_trt_cache,
 )
 
+QUANTLAB_FORMAT = "quantlab-calibration-table"  # the 'format' field of quantlab's tables
 FORMATS = ("trt", "ort-flatbuffers", "ort-cache", "ort-json", "quantlab")
 DESCRIPTIONS = {
     "trt": "TensorRT calibration cache",
@@ -132,31 +133,50 @@ def _binary_start(data: bytes) -> bool:
 
 
 def _parse_json(text: str, source: str) -> RangeFile:
-    quantlab = '"quantlab-calibration-table"' in text
-    kind = "a quantlab calibration table" if quantlab else "an ONNX Runtime calibration.json table"
+    quantlab = QUANTLAB_FORMAT in text
+    kind = ("a quantlab calibration table (JSON)" if quantlab
+            else "a JSON calibration table (ONNX Runtime calibration.json or quantlab)")
     try:
         obj = json.loads(text)
     except ValueError as exc:
         at_end = getattr(exc, "pos", 0) >= len(text.rstrip()) or str(exc).startswith("Unterminated string")
         truncated = " (truncated?)" if at_end else ""
-        raise CacheFormatError(f"{source} looks like {kind} (JSON) but is not valid JSON{truncated}: {exc}") from exc
-    if isinstance(obj, dict) and obj.get("format") == "quantlab-calibration-table":
-        from ..table import CalibrationTable
-
-        activations = obj.get("activations")
-        if not isinstance(activations, dict) or not all(isinstance(e, dict) for e in activations.values()):
-            raise CacheFormatError(
-                f"{source}: quantlab calibration table whose 'activations' is not an object of "
-                "{tensor: {\"amax\": ...}} entries; the file is corrupt"
-            )
-        try:
-            table = CalibrationTable.from_dict(obj, source)
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
-            raise CacheFormatError(f"{source}: malformed quantlab calibration table ({type(exc).__name__}: {exc})") from exc
-        return RangeFile("quantlab", dict(table.activations), source,
-                         extra={"method": table.method, "params": table.params,
-                                "provenance": table.provenance, "table": table})
+        raise CacheFormatError(f"{source} looks like {kind} but does not parse as JSON{truncated}: {exc}") from exc
+    if isinstance(obj, dict) and (obj.get("format") == QUANTLAB_FORMAT or {"activations", "provenance"} <= set(obj)):
+        return _parse_quantlab(obj, source)
     return RangeFile("ort-json", parse_ort_json(obj, source), source)
+
+
+def _parse_quantlab(obj: dict, source: str) -> RangeFile:
+    from ..table import VERSION, CalibrationTable
+
+    where = f"{source} (quantlab calibration table)"
+    if obj.get("format") != QUANTLAB_FORMAT:
+        raise CacheFormatError(
+            f"{where}: its 'format' is {str(obj.get('format'))[:40]!r}, not {QUANTLAB_FORMAT!r}; the "
+            "file is corrupt or was written by another tool"
+        )
+    if obj.get("version") != VERSION:
+        raise CacheFormatError(
+            f"{where}: table version {str(obj.get('version'))[:20]!r}, but this quantlab reads version "
+            f"{VERSION}; rewrite it with this quantlab or use a matching release"
+        )
+    activations = obj.get("activations")
+    if not isinstance(activations, dict):
+        raise CacheFormatError(f"{where}: 'activations' is not an object of {{tensor: {{\"amax\": ...}}}}")
+    for name, entry in activations.items():
+        amax = entry.get("amax") if isinstance(entry, dict) else None
+        if isinstance(amax, bool) or not isinstance(amax, (int, float)):
+            raise CacheFormatError(
+                f"{where}: activation {name[:60]!r} has no numeric 'amax' (got {json.dumps(entry)[:40]})"
+            )
+    try:
+        table = CalibrationTable.from_dict(obj, source)
+    except (CacheFormatError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise CacheFormatError(f"{where} is malformed: {exc}") from exc
+    return RangeFile("quantlab", dict(table.activations), source,
+                     extra={"method": table.method, "params": table.params,
+                            "provenance": table.provenance, "table": table})
 
 
 def header_for_conversion(source: RangeFile, trt_version=None, trt_algorithm: Optional[str] = None) -> str:

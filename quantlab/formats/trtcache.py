@@ -76,8 +76,10 @@ def encode_version(major: int, minor: int, patch: int) -> int:
     major, minor, patch = numbers
     if major == 4:
         raise _version_error(text, "TensorRT 4 headers carry no number: they are a bare '1'")
-    if not 5 <= major <= 99:
+    if major < 4:
         raise _version_error(text, "quantlab knows the caches of TensorRT 4 and later")
+    if major > 99:
+        raise _version_error(text, "the major version has one or two digits")
     if not (0 <= minor <= 99 and 0 <= patch <= 99):
         raise _version_error(text, "minor and patch must be 0 to 99")
     if major >= 10:
