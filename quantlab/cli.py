@@ -700,11 +700,12 @@ def run(argv: Optional[Sequence[str]] = None) -> int:
     except Terminated:
         return _interrupted("terminated", 143)
     except BrokenPipeError:
-        # The reader went away (`quantlab ... | head -1`): not an error of ours. Point stdout at
-        # /dev/null so the interpreter's final flush does not fail again.
+        # The reader went away (`quantlab ... | head -1`): not an error to report. Point stdout at
+        # /dev/null so the interpreter's final flush does not fail again, and exit as a program
+        # killed by SIGPIPE would (128 + 13), so a pipeline can still tell the output was cut.
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
-        return 0
+        return 141
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from quantlab import get_calibrator, list_calibrators
+from quantlab.calibrators.entropy import EntropyCalibrator
+from quantlab.calibrators.mse import MseCalibrator
+from quantlab.calibrators.percentile import PercentileCalibrator
 from quantlab.errors import CalibratorError
 from quantlab.histogram import TensorHistogram
 
@@ -52,8 +57,56 @@ def test_percentile_never_returns_zero_when_bin_zero_holds_the_percentile():
 
 
 def test_percentile_rejects_p_outside_0_100():
-    with pytest.raises(ValueError):
+    with pytest.raises(CalibratorError, match="percentile.*p must be a number in \\(0, 100\\], got 101"):
         get_calibrator("percentile", p=101)
+
+
+@pytest.mark.parametrize("p,shown", [("abc", "'abc'"), (150, "150"), (0, "0"), (-1, "-1"), (float("nan"), "nan"),
+                                     (True, "True"), ("inf", "'inf'"), (None, "None")])
+def test_percentile_p_must_be_a_number_in_0_100(p, shown):
+    with pytest.raises(ValueError, match=re.escape(f"p must be a number in (0, 100], got {shown}")):
+        PercentileCalibrator(p=p)
+
+
+@pytest.mark.parametrize("cls", [EntropyCalibrator, MseCalibrator])
+@pytest.mark.parametrize("num_bits,shown", [(0, "0"), ("abc", "'abc'"), (1, "1"), (16, "16"), (8.5, "8.5"),
+                                            (True, "True")])
+def test_num_bits_must_be_an_integer_from_2_to_8(cls, num_bits, shown):
+    with pytest.raises(ValueError, match=re.escape(f"num_bits must be an integer from 2 to 8, got {shown}")):
+        cls(num_bits=num_bits)
+
+
+@pytest.mark.parametrize("cls", [EntropyCalibrator, MseCalibrator])
+def test_start_bin_must_be_an_integer(cls):
+    with pytest.raises(ValueError, match="start_bin must be an integer .*got 'abc'"):
+        cls(start_bin="abc")
+
+
+def test_mse_start_bin_must_not_be_negative():
+    with pytest.raises(ValueError, match="start_bin must be an integer >= 0, got -1"):
+        MseCalibrator(start_bin=-1)
+
+
+def test_entropy_start_bin_keeps_a_histogram_bin_per_quantization_level():
+    with pytest.raises(ValueError, match=re.escape("start_bin must be an integer >= 128 (2**(num_bits-1)")):
+        EntropyCalibrator(start_bin=64)
+    assert EntropyCalibrator(num_bits=7, start_bin=64).params() == {"num_bits": 7, "start_bin": 64}
+
+
+def test_integer_parameters_accept_the_text_and_floats_the_cli_passes():
+    assert EntropyCalibrator(num_bits="8", start_bin=256.0).params() == {"num_bits": 8, "start_bin": 256}
+
+
+def test_entropy_start_bin_beyond_the_histogram_is_a_clear_error():
+    with pytest.raises(ValueError, match=re.escape("start_bin 5000 is beyond the histogram's 2048 bins; use a "
+                                                   "start_bin of at most 2048, or more bins")):
+        EntropyCalibrator(start_bin=5000).compute_amax(np.ones(2048), EDGES)
+
+
+def test_mse_start_bin_beyond_the_histogram_is_a_clear_error():
+    with pytest.raises(ValueError, match=re.escape("start_bin 2048 is beyond the histogram's 2048 bins; use a "
+                                                   "start_bin below 2048, or more bins")):
+        MseCalibrator(start_bin=2048).compute_amax(np.ones(2048), EDGES)
 
 
 def mse_by_hand(counts, edges, start=128):

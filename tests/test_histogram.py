@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
-from quantlab.histogram import TensorHistogram, range_exponent, rebinned
+from quantlab.errors import QuantlabError
+from quantlab.histogram import TensorHistogram, check_bins, range_exponent, rebinned
 
 RNG = np.random.default_rng(7)
 
@@ -79,5 +82,19 @@ def test_rebinned_only_grows():
 
 
 def test_bins_must_be_a_power_of_two():
-    with pytest.raises(ValueError, match="power of two"):
+    with pytest.raises(QuantlabError, match="power of two") as caught:
         TensorHistogram(1000)
+    assert caught.value.params == ("bins",)
+
+
+@pytest.mark.parametrize("bins", [0, 1000, 128, 2**17, -2048, True, 2048.0, "2048"])
+def test_check_bins_refuses_what_no_histogram_can_use(bins):
+    with pytest.raises(QuantlabError, match=re.escape(f"bins must be a power of two from 256 to 65536 "
+                                                      f"(default 2048), got {bins!r}")) as caught:
+        check_bins(bins)
+    assert caught.value.params == ("bins",)
+
+
+@pytest.mark.parametrize("bins", [256, 2048, 65536, np.int64(4096)])
+def test_check_bins_accepts_powers_of_two_from_256_to_65536(bins):
+    assert check_bins(bins) == int(bins) and type(check_bins(bins)) is int

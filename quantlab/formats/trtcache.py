@@ -67,7 +67,11 @@ def encode_version(major: int, minor: int, patch: int) -> int:
     ``major*10000 + minor*100 + patch`` from TensorRT 10. TensorRT 4 wrote no number (its
     header is a bare ``1``: see :func:`make_header`).
     """
-    text = f"{major}.{minor}.{patch}"
+    return _encode_version(major, minor, patch, f"{major}.{minor}.{patch}")
+
+
+def _encode_version(major: int, minor: int, patch: int, text: str) -> int:
+    """:func:`encode_version`; errors quote ``text``, the version as the user wrote it."""
     numbers = []
     for part in (major, minor, patch):
         if isinstance(part, bool) or not isinstance(part, (int, np.integer)):
@@ -110,14 +114,14 @@ def parse_version(text: str) -> tuple[int, int, int]:
     text = text.strip()
     if re.fullmatch(r"\d{4,6}", text):
         version = decode_version(int(text))
-        encode_version(*version)
+        _encode_version(*version, text)
         return version
     parts = text.split(".")
     if not 1 <= len(parts) <= 4 or not all(re.fullmatch(r"\d{1,3}", p) for p in parts):
         raise _version_error(text, "expected up to four dot-separated numbers")
     major, minor, patch = (int(p) for p in (parts + ["0", "0"])[:3])
     if major != 4:
-        encode_version(major, minor, patch)
+        _encode_version(major, minor, patch, text)
     elif not (minor <= 9 and patch <= 99):
         raise _version_error(text, "TensorRT 4.x minor versions have one digit")
     return major, minor, patch
