@@ -11,8 +11,8 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Optional
 
@@ -197,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="calibrate tensors that had NaN/Inf from their finite values")
     cal.add_argument("--zero-amax", type=_number, metavar="VALUE",
                      help="amax for tensors that were all zero (default: refuse them)")
+    cal.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
     _add_data_arguments(cal)
@@ -208,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "calibrate them later with 'calibrate --stats'.")
     col.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     col.add_argument("-o", "--output", required=True, metavar="FILE", help="statistics file (.npz)")
+    col.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     _add_data_arguments(col)
     _add_collection_arguments(col)
     col.set_defaults(func=cmd_collect, command_parser=col)
@@ -217,6 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "collection over all of the data, byte for byte.")
     mrg.add_argument("inputs", nargs="+", metavar="FILE")
     mrg.add_argument("-o", "--output", required=True, metavar="FILE")
+    mrg.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     mrg.set_defaults(func=cmd_merge_stats, command_parser=mrg)
 
     qdq = sub.add_parser("export-qdq", help="write a Q/DQ ONNX model (TensorRT 10/11 explicit INT8) "
@@ -308,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--trt-version", help="for --print-trtexec without TensorRT: the target version "
                      "(default: the installed one, else 10.3.0)")
     bld.add_argument("--print-trtexec", action="store_true", help="print the equivalent trtexec command and exit")
+    bld.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     bld.set_defaults(func=cmd_build, command_parser=bld)
 
     _add_cache_commands(sub)
@@ -387,7 +391,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     plan = backend.plan_for_print(args.trt_version, args.cache is not None, graph.model)
     command = backend.trtexec_command(args.model, args.output, plan, cache=args.cache, fp16=args.fp16)
     if args.print_trtexec:
-        print(command)
+        _emit(args, {"trtexec": command, "path": plan.path, "reason": plan.reason}, command)
         return 0
     if backend.installed_version() is None:
         raise QuantlabError(f"TensorRT is not installed (Python package 'tensorrt'); {backend.INSTALL_HINT}. "
@@ -395,7 +399,8 @@ def cmd_build(args: argparse.Namespace) -> int:
     check_output(args.output)
     settings = backend.build_engine(args.model, args.output, cache=args.cache, fp16=args.fp16,
                                     workspace_bytes=args.workspace << 20)
-    print(f"built {args.output} ({settings.path} INT8, TensorRT {settings.trt_version}"
+    _emit(args, {"output": str(args.output), **asdict(settings)},
+          f"built {args.output} ({settings.path} INT8, TensorRT {settings.trt_version}"
           + (f", {settings.calibrator} serving {settings.cache}" if settings.calibrator else "") + ")")
     return 0
 
@@ -596,44 +601,50 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         tensors=args.tensors, providers=args.provider, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
         progress=not args.quiet,
     )
-    if not args.quiet:
-        table = result.table
-        amax = sorted(table.activations.values())
-        scaling = (f"\n              input       : {respell(result.statistics.scaling, _flag_spelling(args.command_parser))}"
-                   if result.statistics.scaling else "")
-        print(textwrap.dedent(f"""\
-            calibrated {model_path.name} with {table.method} {table.params or ''}
-              activations : {len(table.activations)} tensors, amax {amax[0]:.4g} .. {amax[-1]:.4g}
-              weights     : {len(table.weights)} tensors, per output channel
-              samples     : {result.statistics.num_samples}{scaling}
-              time        : {result.seconds:.2f} s
-              cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})
-              table       : {result.table_path}"""))
-        for name, note in list(table.notes.items())[:5]:
-            print(f"  note: {name}: {note}")
-        if args.tensors == "qdq":
-            print("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 explicit "
-                  "INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
+    table = result.table
+    amax = sorted(table.activations.values())
+    spelling = _flag_spelling(args.command_parser)
+    data = {"model": str(model_path), "method": table.method, "params": table.params,
+            "cache": str(result.cache_path), "cache_header": table.provenance["trt_cache_header"],
+            "table": str(result.table_path), "activations": len(table.activations), "weights": len(table.weights),
+            "amax_min": amax[0], "amax_max": amax[-1], "samples": result.statistics.num_samples,
+            "input_scaling": result.statistics.scaling, "notes": table.notes, "seconds": result.seconds,
+            "tensors": args.tensors}
+    lines = [f"calibrated {model_path.name} with {table.method} {table.params or ''}",
+             f"  activations : {len(table.activations)} tensors, amax {amax[0]:.4g} .. {amax[-1]:.4g}",
+             f"  weights     : {len(table.weights)} tensors, per output channel",
+             f"  samples     : {result.statistics.num_samples}"]
+    if result.statistics.scaling:
+        lines.append(f"  input       : {respell(result.statistics.scaling, spelling)}")
+    lines += [f"  time        : {result.seconds:.2f} s",
+              f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
+              f"  table       : {result.table_path}"]
+    lines += [f"  note: {name}: {respell(note, spelling)}" for name, note in list(table.notes.items())[:5]]
+    if args.tensors == "qdq":
+        lines.append("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 "
+                     "explicit INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
+    _emit(args, data, "\n".join(lines))
     return 0
 
 
 def cmd_collect(args: argparse.Namespace) -> int:
-
     check_output(args.output)
     stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads, tensors=args.tensors,
                                providers=args.provider, progress=not args.quiet)
     stats.save(args.output)
-    if not args.quiet:
-        print(f"collected {len(stats.tensors)} tensors over {stats.num_samples} samples -> {args.output}")
+    data = {"output": str(args.output), "tensors": len(stats.tensors), "samples": stats.num_samples,
+            "bins": stats.bins, "input_scaling": stats.scaling}
+    _emit(args, data, f"collected {len(stats.tensors)} tensors over {stats.num_samples} samples -> {args.output}")
     return 0
 
 
 def cmd_merge_stats(args: argparse.Namespace) -> int:
-
     check_output(args.output)
     merged = merge_files(args.inputs)
     merged.save(args.output)
-    print(f"merged {len(args.inputs)} files ({merged.num_samples} samples) -> {args.output}")
+    data = {"inputs": list(args.inputs), "output": str(args.output), "samples": merged.num_samples,
+            "tensors": len(merged.tensors)}
+    _emit(args, data, f"merged {len(args.inputs)} files ({merged.num_samples} samples) -> {args.output}")
     return 0
 
 

@@ -261,7 +261,7 @@ def test_inspect_says_a_tensorrt4_header_records_no_algorithm(shared_caches):
     raw = as_tensorrt4((shared_caches / "KelvinCPChiu__FasterRCNN_etlt__cal.bin").read_bytes())
     info = inspect_ranges(parse_ranges(raw, "old.cache"))
     assert info["algorithm"] is None and info["tensorrt_version"] == "4.x"
-    assert info["header_description"] == "TensorRT 4 header (no algorithm recorded)"
+    assert info["header_description"] == "TensorRT 4, no algorithm recorded"
 
 
 def test_inspect_describes_a_modern_header_by_version_and_algorithm(shared_caches):

@@ -44,7 +44,7 @@ ALGORITHMS = ("EntropyCalibration2", "EntropyCalibration", "MinMaxCalibration", 
 DEFAULT_TRT_VERSION = (8, 6, 1)
 DEFAULT_ALGORITHM = "EntropyCalibration2"
 TRT4_HEADER = "1"
-TRT4_DESCRIPTION = "TensorRT 4 header (no algorithm recorded)"
+TRT4_DESCRIPTION = "TensorRT 4, no algorithm recorded"
 _HEADER = re.compile(r"^TRT-(\d+)-(\S+)$")
 _HEX = re.compile(r"^[0-9a-fA-F]{1,8}$")
 # What TensorRT's headers hold after the version: CalibrationAlgoType names such as
