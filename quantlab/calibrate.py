@@ -23,7 +23,7 @@ from .collector import ActivationCollector
 from .errors import CalibratorError, DataError, OutputError, QuantlabError, StatisticsError
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph, load_model
-from .histogram import DEFAULT_BINS
+from .histogram import DEFAULT_BINS, check_bins
 from .plugins import detect_dataset_adapter, get_calibrator, get_dataset_adapter
 from .preprocess import (
     Preprocess,
@@ -89,6 +89,7 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     """Run the FP32 model over the selected samples and return statistics of ``tensors``
     (a scope of :func:`select_tensors`)."""
     graph = resolve_model(model)
+    check_bins(bins)
     check_batch_size(data.batch_size)
     data.preprocess.check_against(graph.inputs)
     source = data.source if data.source is not None else defaults.CALIBRATION_DATA
@@ -242,6 +243,7 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     started = time.perf_counter()
     graph = resolve_model(model)
     data = data or DataSpec()
+    check_bins(bins)
     header = make_header(trt_version, trt_algorithm or default_trt_algorithm(method, params))
     inputs = [graph.path, data.source, *(stats or ())]
     if output is not None:

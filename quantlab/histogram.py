@@ -53,7 +53,7 @@ def check_bins(bins) -> int:
              and MIN_BINS <= bins <= MAX_BINS and not bins & (bins - 1))
     if not valid:
         raise QuantlabError(
-            f"bins must be a power of two from {MIN_BINS} to {MAX_BINS} (default {DEFAULT_BINS}), got {bins!r}",
+            f"`bins` must be a power of two from {MIN_BINS} to {MAX_BINS} (default {DEFAULT_BINS}), got {bins!r}",
             params=("bins",),
         )
     return int(bins)

@@ -22,8 +22,8 @@ from typing import Optional
 import numpy as np
 
 from .atomic import write_bytes_atomic
-from .errors import StatisticsError
-from .histogram import DEFAULT_BINS, TensorHistogram
+from .errors import QuantlabError, StatisticsError
+from .histogram import DEFAULT_BINS, MAX_BINS, MIN_BINS, TensorHistogram, check_bins
 from .preprocess import DataFingerprint
 
 FORMAT = "quantlab-statistics"
@@ -112,6 +112,12 @@ class Statistics:
             ) from exc
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise StatisticsError(f"{path} is not a version-{VERSION} quantlab statistics file")
+        try:
+            check_bins(meta.get("bins"))
+        except QuantlabError:
+            raise StatisticsError(
+                f"{path} holds histograms of {meta.get('bins')!r} bins, which this quantlab cannot calibrate "
+                f"(a power of two from {MIN_BINS} to {MAX_BINS}); collect it again") from None
         names = meta["tensors"]
         tensors = {}
         for row, name in enumerate(names):

@@ -241,11 +241,19 @@ def test_conversion_header_of_a_table_without_one_is_the_default(shared_caches):
     assert header_for_conversion(source, trt_version="10.3.0") == "TRT-100300-EntropyCalibration2"
 
 
+def test_conversion_header_of_a_quantlab_table_is_the_one_its_cache_was_written_with(tmp_path):
+    from quantlab.table import CalibrationTable
+
+    path = CalibrationTable("max", {}, {"x": 1.0}, provenance={"trt_cache_header": "TRT-100300-MinMaxCalibration"}
+                            ).save(tmp_path / "m.quantlab.json")
+    assert header_for_conversion(read_ranges(path)) == "TRT-100300-MinMaxCalibration"
+
+
 def test_conversion_of_a_tensorrt4_cache_to_an_algorithm_asks_for_a_version(shared_caches, tmp_path):
     (tmp_path / "old.cache").write_bytes(as_tensorrt4((shared_caches / "KelvinCPChiu__FasterRCNN_etlt__cal.bin")
                                                       .read_bytes()))
     source = read_ranges(tmp_path / "old.cache")
-    with pytest.raises(QuantlabError, match="TensorRT 4 header.*trt_version") as caught:
+    with pytest.raises(QuantlabError, match="TensorRT 4 header.*`trt_version`") as caught:
         header_for_conversion(source, trt_algorithm="MinMaxCalibration")
     assert "trt_version" in caught.value.params
     assert header_for_conversion(source, "8.6", "MinMaxCalibration") == "TRT-8600-MinMaxCalibration"
@@ -253,7 +261,7 @@ def test_conversion_of_a_tensorrt4_cache_to_an_algorithm_asks_for_a_version(shar
 
 def test_conversion_header_refuses_a_bad_algorithm_naming_trt_algorithm(shared_caches):
     source = read_ranges(shared_caches / "KelvinCPChiu__FasterRCNN_etlt__cal.bin")
-    with pytest.raises(QuantlabError, match="trt_algorithm 'a b'"):
+    with pytest.raises(QuantlabError, match="`trt_algorithm` 'a b'"):
         header_for_conversion(source, trt_algorithm="a b")
 
 

@@ -89,7 +89,7 @@ def test_bins_must_be_a_power_of_two():
 
 @pytest.mark.parametrize("bins", [0, 1000, 128, 2**17, -2048, True, 2048.0, "2048"])
 def test_check_bins_refuses_what_no_histogram_can_use(bins):
-    with pytest.raises(QuantlabError, match=re.escape(f"bins must be a power of two from 256 to 65536 "
+    with pytest.raises(QuantlabError, match=re.escape(f"`bins` must be a power of two from 256 to 65536 "
                                                       f"(default 2048), got {bins!r}")) as caught:
         check_bins(bins)
     assert caught.value.params == ("bins",)
@@ -98,3 +98,9 @@ def test_check_bins_refuses_what_no_histogram_can_use(bins):
 @pytest.mark.parametrize("bins", [256, 2048, 65536, np.int64(4096)])
 def test_check_bins_accepts_powers_of_two_from_256_to_65536(bins):
     assert check_bins(bins) == int(bins) and type(check_bins(bins)) is int
+
+
+def test_bins_error_is_written_with_the_flag_the_cli_renders():
+    with pytest.raises(QuantlabError) as caught:
+        check_bins(1000)
+    assert caught.value.render({"bins": "--bins"}).startswith("--bins must be a power of two")

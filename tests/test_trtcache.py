@@ -114,20 +114,20 @@ def test_tensorrt4_version_writes_the_bare_1_header():
 
 @pytest.mark.parametrize("algorithm", ["a b", "Entropy\nCalibration2", "a:b", "", "Entropy-2", "2fast"])
 def test_header_refuses_an_algorithm_name_tensorrt_could_not_match(algorithm):
-    with pytest.raises(QuantlabError, match="trt_algorithm") as caught:
+    with pytest.raises(QuantlabError, match="`trt_algorithm`") as caught:
         make_header((8, 6, 1), algorithm)
     assert caught.value.params == ("trt_algorithm",)
 
 
 @pytest.mark.parametrize("text", ["8.60", "abc", "12345", "3.0", "8.6.1.2.3", "", "0.1", "100", "8601x"])
 def test_bad_version_text_is_refused_naming_trt_version(text):
-    with pytest.raises(QuantlabError, match="trt_version") as caught:
+    with pytest.raises(QuantlabError, match="`trt_version`") as caught:
         parse_version(text)
     assert caught.value.params == ("trt_version",)
 
 
 def test_header_from_a_bad_version_tuple_is_a_quantlab_error():
-    with pytest.raises(QuantlabError, match="trt_version '8.60.1'"):
+    with pytest.raises(QuantlabError, match="`trt_version` '8.60.1'"):
         make_header((8, 60, 1), "EntropyCalibration2")
 
 
@@ -169,3 +169,13 @@ def test_writer_refuses_a_scale_that_is_subnormal_in_float32(tmp_path):
     with pytest.raises(CacheFormatError, match="refusing.*subnormal"):
         write_trt_cache(tmp_path / "m.cache", {"a": 1.0, "b": 1.8e-43}, "TRT-8601-EntropyCalibration2")
     assert not (tmp_path / "m.cache").exists()
+
+
+def test_header_errors_are_written_with_the_flags_the_cli_renders():
+    spelling = {"trt_version": "--trt-version", "trt_algorithm": "--trt-algorithm"}
+    with pytest.raises(QuantlabError) as version:
+        parse_version("8.60")
+    with pytest.raises(QuantlabError) as algorithm:
+        make_header((8, 6, 1), "a b")
+    assert version.value.render(spelling).startswith("--trt-version '8.60' is not a TensorRT version")
+    assert algorithm.value.render(spelling).startswith("--trt-algorithm 'a b' cannot go in a cache header")

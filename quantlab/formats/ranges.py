@@ -74,8 +74,10 @@ def parse_ranges(data: bytes, source: str = "file") -> RangeFile:
 
     * ``TRT-`` or a bare ``1`` line at the start: a TensorRT cache (bytes that are not text
       are reported with their line);
-    * NUL bytes: binary, an ONNX Runtime ``calibration.flatbuffers`` table (text formats never
-      hold a NUL, and every flatbuffers file does: its offsets are little-endian integers);
+    * NUL bytes and a binary start (a first uint32, the root table offset, that lies inside
+      the file, or a first byte that is not text): an ONNX Runtime ``calibration.flatbuffers``
+      table, whose reader checks every offset against the file size (every flatbuffers file
+      holds NULs, text formats never do: a text file with a NUL is reported as corrupt text);
     * ``{`` or ``[`` first: JSON, a quantlab table or ONNX Runtime's ``calibration.json``;
     * ``<name>: <hex>`` lines with no header: a TensorRT cache that lost its header line;
     * anything else: ONNX Runtime's plain ``calibration.cache`` (``<name> <amax>`` lines).
@@ -207,7 +209,7 @@ def header_for_conversion(source: RangeFile, trt_version=None, trt_algorithm: Op
         if old == TRT4_HEADER:
             raise QuantlabError(
                 f"{source.source or 'the source'} has a TensorRT 4 header ('1'), which records no "
-                f"algorithm and no version number: pass trt_version too to write a "
+                f"algorithm and no version number: pass `trt_version` too to write a "
                 f"TRT-<version>-{trt_algorithm} header",
                 params=("trt_version",),
             )

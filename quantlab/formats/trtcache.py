@@ -56,7 +56,7 @@ _VERSION_HINT = "use major.minor[.patch] such as 8.6.1 or 10.3.0, or a header nu
 
 
 def _version_error(text: str, why: str) -> QuantlabError:
-    return QuantlabError(f"trt_version {text!r} is not a TensorRT version ({why}); {_VERSION_HINT}",
+    return QuantlabError(f"`trt_version` {text!r} is not a TensorRT version ({why}); {_VERSION_HINT}",
                          params=("trt_version",))
 
 
@@ -131,7 +131,7 @@ def check_algorithm(algorithm: str) -> str:
     """``algorithm`` if a cache header can carry it (letters, digits, underscores), else a QuantlabError."""
     if not isinstance(algorithm, str) or not _ALGORITHM_NAME.fullmatch(algorithm):
         raise QuantlabError(
-            f"trt_algorithm {algorithm!r} cannot go in a cache header: TensorRT compares the header "
+            f"`trt_algorithm` {algorithm!r} cannot go in a cache header: TensorRT compares the header "
             "text, so use a calibrator algorithm name of letters, digits and underscores such as "
             f"{', '.join(ALGORITHMS[:3])}",
             params=("trt_algorithm",),
