@@ -257,3 +257,32 @@ def test_no_argument_combination_gives_a_traceback_or_leaves_files_on_failure(ar
                 assert len(lines) == 1, (argv, err)
         finally:
             os.chdir(cwd)
+
+
+# ---------------------------------------------------------------- caches
+
+TRT4_CACHE = "1\ninput: 3c010a14\nconv1 (Unnamed Layer* 0) [Convolution]_output: 3d4ccccd\n"
+
+
+def test_a_tensorrt4_cache_converts_to_trt_byte_for_byte(tmp_path):
+    (tmp_path / "old.cache").write_text(TRT4_CACHE)
+    run_cli("cache", "convert", "old.cache", "--to", "trt", "-o", "new.cache", cwd=tmp_path, check=True)
+    assert (tmp_path / "new.cache").read_bytes() == (tmp_path / "old.cache").read_bytes()
+
+
+def test_inspect_of_a_tensorrt4_cache_says_no_algorithm_was_recorded(tmp_path):
+    (tmp_path / "old.cache").write_text(TRT4_CACHE)
+    out = run_cli("cache", "inspect", "old.cache", cwd=tmp_path, check=True).stdout
+    assert "no algorithm recorded" in out and "None" not in out
+
+
+def test_a_corrupt_cache_body_names_the_line(tmp_path):
+    (tmp_path / "bad.cache").write_text("TRT-8601-EntropyCalibration2\ninput: 3c010a14\nfoo: zz\n")
+    line = fails_cleanly(tmp_path, "cache", "inspect", "bad.cache", match="line 3")
+    assert "flatbuffers" not in line
+
+
+def test_lint_calls_a_subnormal_scale_an_error(tmp_path):
+    (tmp_path / "tiny.cache").write_text("TRT-8601-EntropyCalibration2\ninput: 3c010a14\nx: 1\n")  # 1.4e-45
+    proc = run_cli("cache", "lint", "tiny.cache", cwd=tmp_path)
+    assert proc.returncode == 2 and "subnormal" in proc.stdout
