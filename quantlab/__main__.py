@@ -13,17 +13,27 @@ from collections.abc import Sequence
 from typing import Optional
 
 
+_received: list[int] = []  # signals that arrived: an import may swallow the exception they raised
+
+
 def _terminate(signum, frame) -> None:
     from .errors import Terminated
 
+    _received.append(signum)
     raise Terminated()
+
+
+def _interrupt(signum, frame) -> None:
+    _received.append(signum)
+    raise KeyboardInterrupt
 
 
 def _interrupt_behind(exc: BaseException) -> Optional[BaseException]:
     """The KeyboardInterrupt/Terminated that caused ``exc``, if any.
 
-    An extension module interrupted while it initialises may report that as an ImportError
-    (ONNX Runtime's does: "initialization failed"), with the interrupt as its cause.
+    An extension module interrupted while it initialises may report that as an ImportError:
+    ONNX Runtime's keeps the interrupt as its cause ("initialization failed"), numpy's loses it
+    ("PyCapsule_Import could not import module datetime"); so the signals received count too.
     """
     from .errors import Terminated
 
@@ -33,6 +43,10 @@ def _interrupt_behind(exc: BaseException) -> Optional[BaseException]:
             return exc
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
+    if signal.SIGTERM in _received:
+        return Terminated()
+    if signal.SIGINT in _received:
+        return KeyboardInterrupt()
     return None
 
 
@@ -40,6 +54,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .errors import Terminated
 
     signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         from .cli import run
     except (KeyboardInterrupt, Terminated, ImportError) as exc:
