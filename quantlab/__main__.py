@@ -12,7 +12,6 @@ import sys
 from collections.abc import Sequence
 from typing import Optional
 
-
 _received: list[int] = []  # signals that arrived: an import may swallow the exception they raised
 
 

@@ -12,7 +12,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -110,12 +110,26 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
         raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
     collector = ActivationCollector(graph, select_tensors(graph, tensors), bins=bins, providers=providers,
                                     threads=threads)
-    batches = iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size)
+    shapes: dict[str, list] = {}
+    batches = _recording_shapes(iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size), shapes)
     stats = collector.collect(batches, total=len(indices), progress=progress)
+    stats.input_shapes = shapes
     if graph.inputs:
         spec = graph.inputs[0]
         stats.scaling = describe_scaling(first_sample_dtype(dataset, indices, spec.name), spec, data.preprocess)
     return stats
+
+
+def _recording_shapes(batches: Iterable, shapes: dict) -> Iterator:
+    """Pass batches through, noting each input's per-sample shapes (the calibrated sizes of a
+    model with dynamic axes: what the engine's optimization profile should be built for)."""
+    for batch in batches:
+        for name, array in batch.inputs.items():
+            seen = shapes.setdefault(name, [])
+            shape = list(array.shape[1:])
+            if shape not in seen and len(seen) < 8:
+                seen.append(shape)
+        yield batch
 
 
 TENSOR_SCOPES = ("all", "qdq")
@@ -204,6 +218,7 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
         "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None},
         "data": {"fingerprint": stats.fingerprint.hexdigest, "num_samples": stats.num_samples,
                  **({"scaling": stats.scaling} if stats.scaling else {}),
+                 **({"input_shapes": stats.input_shapes} if stats.input_shapes else {}),
                  "histogram_bins": stats.bins, "sample_digests": stats.fingerprint.sample_digests()},
         "versions": versions(),
         "created": timestamp(),

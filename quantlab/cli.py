@@ -425,7 +425,8 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
             "quantized_activations": len(report.quantized_activations),
             "quantized_weights": len(report.quantized_weights),
             "unmatched_ranges": report.unmatched_ranges, "missing_ranges": report.missing_ranges,
-            "skipped_nodes": report.skipped_nodes}
+            "skipped_nodes": report.skipped_nodes, "skipped_weights": report.skipped_weights,
+            "notes": report.notes}
     text = [f"wrote {args.output}: Q/DQ on {len(report.quantized_activations)} activations and "
             f"{len(report.quantized_weights)} weights (per channel), ranges from {ranges.format} {args.cache}"]
     if report.unmatched_ranges:
@@ -435,6 +436,10 @@ def cmd_export_qdq(args: argparse.Namespace) -> int:
         text.append(f"  {len(report.missing_ranges)} quantizable tensors had no range and stay in float")
     if report.skipped_nodes:
         text.append(f"  {len(report.skipped_nodes)} nodes left in float on request")
+    if report.skipped_weights:
+        text.append(f"  {len(report.skipped_weights)} weights left in float:")
+        text += [f"    {node}: {why}" for node, why in list(report.skipped_weights.items())[:5]]
+    text += [f"  note: {note}" for note in report.notes]
     _emit(args, data, "\n".join(text))
     return 0
 

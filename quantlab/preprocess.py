@@ -545,9 +545,22 @@ def _batches(dataset, indices: np.ndarray, specs: list, pre: Preprocess, batch_s
                         "sample per input (an .npz keyed by input name, or a callable returning dicts)"
                     )
                 columns[specs[0].name].append(_prepare(raw, specs[0], pre))
-        inputs = {name: np.stack(arrays) for name, arrays in columns.items()}
+        inputs = {spec.name: _stack(columns[spec.name], spec, pre) for spec in specs}
         has_labels = all(label is not None for label in labels)
         yield Batch(inputs, np.asarray(labels, dtype=np.int64) if has_labels else None, chunk)
+
+
+def _stack(arrays: list, spec: InputSpec, pre: Preprocess) -> np.ndarray:
+    """One batch of samples; samples of different shapes (a model with dynamic height and width,
+    images of different sizes) cannot share a run, and only the user can pick the size."""
+    shapes = sorted({a.shape for a in arrays})
+    if len(shapes) > 1:
+        dynamic = [axis + 1 for axis, dim in enumerate(spec.sample_shape) if dim is None]
+        raise DataError(
+            f"model input {spec.name!r} has dynamic axes {dynamic} ({_show(spec.sample_shape)} per sample) and "
+            f"the samples differ in shape ({_show(shapes[0])} and {_show(shapes[-1])}); set `resize` to the "
+            "height and width to calibrate at (the size the engine will run at)", params=("resize",))
+    return np.stack(arrays)
 
 
 class DataFingerprint:

@@ -28,7 +28,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from .errors import QuantlabError
-from .graph import ModelGraph
+from .graph import ModelGraph, upgrade_opset
 from .weights import WeightRange, per_channel_amax
 
 PLACEMENTS = ("compute", "residual")
@@ -43,6 +43,8 @@ class QdqReport:
     unmatched_ranges: list[str] = field(default_factory=list)  # in the ranges, not in the model
     missing_ranges: list[str] = field(default_factory=list)  # quantizable, but no range given
     skipped_nodes: list[str] = field(default_factory=list)  # left in float by request
+    skipped_weights: dict[str, str] = field(default_factory=dict)  # node -> why its weight stays float
+    notes: list[str] = field(default_factory=list)  # conversions of the graph (opset, constants)
 
 
 QUANTIZED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -85,18 +87,18 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float],
     TensorRT cache carries no weight ranges). With ``require_all`` a quantizable tensor without
     a range is an error naming it; otherwise it stays in float and is reported.
     """
+    upgraded, old_opset = upgrade_opset(graph.model, 13)
     model = onnx.ModelProto()
-    model.CopyFrom(graph.model)
-    opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
-    if opset < 13:
-        raise QuantlabError(f"per-channel Q/DQ needs ONNX opset 13 or later; the model has opset {opset}")
+    model.CopyFrom(upgraded)
     report = QdqReport()
+    if old_opset is not None:
+        report.notes.append(f"converted from ONNX opset {old_opset} to 13 (per-channel Q/DQ needs it)")
+    report.notes += graph.normalisation
     activation_set = set(graph.activations)
     report.unmatched_ranges = [name for name in amax if name not in activation_set]
     excluded_nodes, excluded_ops = set(exclude_nodes), set(exclude_ops)
     _check_exclusions(model, excluded_nodes, excluded_ops, placement)
     initializers = {init.name: init for init in model.graph.initializer}
-    weight_specs = {(spec.node, spec.name): spec for spec in graph.weights}
 
     targets: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
@@ -160,22 +162,27 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float],
         report.quantized_activations.append(name)
 
     done: dict[str, str] = {}
+    specs_by_node = {spec.node: spec for spec in graph.weights}
     for node in model.graph.node:
-        if node.op_type not in {"Conv", "ConvTranspose", "Gemm", "MatMul"} or len(node.input) < 2:
+        if node.op_type not in QUANTIZED_OPS or len(node.input) < 2:
             continue
         if node.name in excluded_nodes or node.op_type in excluded_ops:
             continue
-        weight = node.input[1]
-        spec = weight_specs.get((node.name, weight))
-        if spec is None or weight not in initializers:
+        key = node.name or node.output[0]
+        if key in graph.unquantizable_weights:
+            report.skipped_weights[key] = graph.unquantizable_weights[key]
             continue
+        spec = specs_by_node.get(key)
+        if spec is None or node.input[spec.index] != spec.name or spec.name not in initializers:
+            continue
+        weight = spec.name
         if weight not in done:
             w = numpy_helper.to_array(initializers[weight]).astype(np.float32)
             channel_amax = (weights[weight].amax if weights and weight in weights
                             else per_channel_amax(w, spec.axis))
             done[weight] = _quantize_weight(model, weight, w, np.asarray(channel_amax, np.float64), spec.axis)
             report.quantized_weights.append(weight)
-        node.input[1] = done[weight]
+        node.input[spec.index] = done[weight]
 
     _insert_after_producers(model, new_nodes)
     used = {name for node in model.graph.node for name in node.input}

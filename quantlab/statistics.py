@@ -41,6 +41,8 @@ class Statistics:
     bins: int = DEFAULT_BINS
     # How samples became model inputs (preprocess.describe_scaling); reported, not saved.
     scaling: Optional[str] = field(default=None, compare=False)
+    # Per-sample shapes of each input seen while collecting (dynamic axes); reported, not saved.
+    input_shapes: dict = field(default_factory=dict, compare=False)
 
     @classmethod
     def empty(cls, model_sha256: str, names: Iterable[str], bins: int = DEFAULT_BINS) -> Statistics:
