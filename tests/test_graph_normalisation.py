@@ -84,7 +84,10 @@ def test_the_normalised_copy_computes_what_the_original_computes(tmp_path):
     original = conv_model(weight_as="identity-chain")
     graph = load_model(save(original, tmp_path))
     x = images(2)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+
+    def run(model):
+        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
     np.testing.assert_array_equal(run(graph.model), run(original))
     assert "folded" in " ".join(graph.normalisation)
 
