@@ -86,7 +86,8 @@ def test_the_normalised_copy_computes_what_the_original_computes(tmp_path):
     x = images(2)
 
     def run(model):
-        return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
 
     np.testing.assert_array_equal(run(graph.model), run(original))
     assert "folded" in " ".join(graph.normalisation)
