@@ -215,7 +215,9 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
             notes[name] = f"{hist.nan_count} NaN and {hist.inf_count} Inf values ignored"
     used_params = calibrator.params() if hasattr(calibrator, "params") else dict(params or {})
     provenance = {
-        "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None},
+        "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None,
+                  **({"normalisation": graph.normalisation} if graph.normalisation else {}),
+                  **({"data_independent_tensors": len(graph.data_independent)} if graph.data_independent else {})},
         "data": {"fingerprint": stats.fingerprint.hexdigest, "num_samples": stats.num_samples,
                  **({"scaling": stats.scaling} if stats.scaling else {}),
                  **({"input_shapes": stats.input_shapes} if stats.input_shapes else {}),

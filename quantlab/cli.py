@@ -611,6 +611,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
              f"  samples     : {result.statistics.num_samples}"]
     if result.statistics.scaling:
         lines.append(f"  input       : {respell(result.statistics.scaling, spelling)}")
+    graph_notes = list(result.table.provenance["model"].get("normalisation", []))
+    if graph.data_independent:
+        graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "
+                           "need no range")
+    if graph_notes:
+        lines.append("  graph       : " + "; ".join(graph_notes))
     lines += [f"  time        : {result.seconds:.2f} s",
               f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
               f"  table       : {result.table_path}"]

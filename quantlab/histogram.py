@@ -183,11 +183,16 @@ class TensorHistogram:
             # numpy returns whichever zero it met first; take -0.0 < +0.0 (see the module docstring).
             # Read as integers, -0.0 is the only negative among zeros and positives, +0.0 the only
             # non-negative among zeros and negatives.
-            ints = chunk.view(_KERNEL_TYPES[chunk.dtype.itemsize][0])
+            if chunk.dtype.itemsize in _KERNEL_TYPES:
+                ints = chunk.view(_KERNEL_TYPES[chunk.dtype.itemsize][0])
+                negative_zero, positive_zero = ints.min() < 0, ints.max() >= 0
+            else:  # long double
+                signs = np.signbit(chunk[chunk == 0])
+                negative_zero, positive_zero = signs.any(), not signs.all()
             if low == 0:
-                low = -0.0 if ints.min() < 0 else 0.0
+                low = -0.0 if negative_zero else 0.0
             if high == 0:
-                high = 0.0 if ints.max() >= 0 else -0.0
+                high = 0.0 if positive_zero else -0.0
         self._take_extremes(low, high)
         exponent = max(self.exponent, range_exponent(max(high, -low)))
         self._rebin(exponent)
