@@ -615,6 +615,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if graph.data_independent:
         graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "
                            "need no range")
+    if graph.unquantizable_weights:
+        shown = ", ".join(list(graph.unquantizable_weights)[:3])
+        graph_notes.append(f"{len(graph.unquantizable_weights)} weighted node(s) without a quantizable weight "
+                           f"({shown}{' ...' if len(graph.unquantizable_weights) > 3 else ''}; export-qdq says why)")
     if graph_notes:
         lines.append("  graph       : " + "; ".join(graph_notes))
     lines += [f"  time        : {result.seconds:.2f} s",

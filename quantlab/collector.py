@@ -7,8 +7,10 @@ samples (ONNX Runtime's own calibrator keeps every intermediate output of every 
 
 from __future__ import annotations
 
+import heapq
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -20,7 +22,8 @@ from tqdm import tqdm
 
 from .errors import DataError, QuantlabError
 from .graph import ModelGraph, add_outputs
-from .histogram import DEFAULT_BINS
+from . import histogram
+from .histogram import DEFAULT_BINS, TensorHistogram, flat_values
 from .preprocess import Batch
 from .statistics import Statistics
 
@@ -29,6 +32,14 @@ DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 # MiB the values no longer come back from cache between the run and the histograms, and memory
 # grows with --batch-size for nothing: the histograms do not depend on how samples are grouped.
 ACTIVATION_BUDGET = 256 << 20
+# The histograms of a run are cut into pieces of at least MIN_PIECE values (smaller ones cost more
+# in Python than they save), about PIECES_PER_THREAD per thread, so that the threads finish together.
+MIN_PIECE = 1 << 16
+PIECES_PER_THREAD = 4
+# Values to histogram (expected for the whole collection, or seen so far) from which the compiled
+# kernel is loaded: numba's start-up (about a second) buys nothing on less, which numpy bins in
+# well under a second. Until it is loaded, and below this, histograms are filled by numpy.
+KERNEL_MIN_VALUES = 200_000_000
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
@@ -60,14 +71,17 @@ class ActivationCollector:
     Usable piecewise (``update`` per batch) or in one go (``collect``); ``statistics`` holds
     the result at any time.
 
-    Four things keep collection close to the cost of inference. A batch whose activations would
+    Five things keep collection close to the cost of inference. A batch whose activations would
     exceed ``ACTIVATION_BUDGET`` is run in equal slices (an ImageNet-sized MobileNetV2 makes
     1.7 GB of activations per batch of 32: sliced, memory stays a few hundred MiB and the values
     are still in cache when the histograms read them). ONNX Runtime writes the activations into
     output buffers allocated once per input shape and reused (fresh buffers for each run cost
-    more page faults than the convolutions cost time). The histograms of a run are filled on
-    ``threads`` threads, one tensor per task. And the next run's inference proceeds on its own
-    thread while those histograms are filled (see ``_process``).
+    more page faults than the convolutions cost time). The histograms are filled by the compiled
+    kernel, which holds no GIL (:func:`quantlab.histogram.load_kernel`; loaded in the background
+    when the work is large enough to repay its start-up). The histograms of a run are filled on
+    ``threads`` threads: small tensors whole, large ones cut into pieces whose histograms are
+    merged into the tensor's (an exact sum, so the split changes no count). And the next run's
+    inference proceeds on its own thread while those histograms are filled (see ``_process``).
     """
 
     def __init__(self, graph: ModelGraph, tensors: Optional[Sequence[str]] = None,
@@ -86,6 +100,10 @@ class ActivationCollector:
         self._pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
         self.seconds = {"inference": 0.0, "histograms": 0.0}  # where collection time went
         self.runs = 0  # ONNX Runtime runs so far
+        self._merge_lock = threading.Lock()  # merges of pieces into one run's histograms
+        self._values = 0  # values histogrammed so far
+        self._expected_samples: Optional[int] = None  # samples the whole collection will see, if known
+        self._per_sample_values = 0.0  # measured values a sample makes (after the probe)
         self._checked = False
         # Two slots of reused output buffers (input shapes -> outputs), one shape each.
         self._buffers: list[dict[tuple, list[np.ndarray]]] = [{}, {}]
@@ -102,8 +120,9 @@ class ActivationCollector:
     def _process(self, batches: Iterable[Batch], done: Optional[Callable[[int], object]] = None) -> None:
         """Run and fold ``batches``; the inference of one run overlaps the histograms of the one before.
 
-        ONNX Runtime releases the GIL while it computes and numpy's ``bincount`` holds it, so
-        while the histogram threads queue on the GIL a core is free for the next inference.
+        ONNX Runtime and the compiled histogram kernel both release the GIL, so the next run's
+        inference and this run's histograms share the cores (with the numpy path, ``bincount``
+        holds the GIL and the histogram threads queue on it while the inference runs).
         Runs alternate between two sets of output buffers (slot = run number % 2), so a run
         never writes into buffers whose histograms are still being filled.
         """
@@ -145,7 +164,8 @@ class ActivationCollector:
         """Wait for one run's activations and fill the histograms with them."""
         outputs = future.result()
         started = time.perf_counter()
-        if self._slice is None:
+        probe = self._slice is None
+        if probe:
             count = len(next(iter(inputs.values())))
             per_sample = sum(getattr(o, "nbytes", 0) for o in outputs) / max(count, 1)
             self._slice = max(1, int(self.activation_budget // max(per_sample, 1)))
@@ -158,15 +178,57 @@ class ActivationCollector:
                 if name in tensors and np.asarray(value).dtype.kind != "f":
                     del tensors[name]
             self._checked = True
-        work = [(tensors[name], value) for name, value in named if name in tensors]
-        work.sort(key=lambda item: -item[1].size)  # largest first: the threads finish together
+        work = [(name, tensors[name], flat_values(value)) for name, value in named if name in tensors]
+        values = sum(flat.size for _, _, flat in work)
+        if probe:
+            self._per_sample_values = values / max(count, 1)
+        self._ask_for_kernel(values)
         if self._pool is None:
-            for hist, value in work:
-                hist.update(value)
+            for _, hist, flat in work:
+                hist.update(flat)
         else:
-            for task in [self._pool.submit(hist.update, value) for hist, value in work]:
+            tasks = [self._pool.submit(self._fold_pieces, group) for group in self._pieces(work, values)]
+            for task in tasks:
                 task.result()
         self.seconds["histograms"] += time.perf_counter() - started
+
+    def _pieces(self, work: list, values: int) -> list[list[tuple[TensorHistogram, np.ndarray, bool]]]:
+        """(histogram, piece of its tensor's values, whether the piece is the whole tensor) for one
+        run, in ``threads * PIECES_PER_THREAD`` groups of about equal size: pieces of at most
+        ``values / groups`` values (at least MIN_PIECE), largest first, each into the group that
+        has least so far."""
+        groups = self.threads * PIECES_PER_THREAD
+        size = max(MIN_PIECE, -(-values // groups))
+        pieces = [(hist, flat[start:start + size], flat.size <= size)
+                  for _, hist, flat in work for start in range(0, flat.size, size)]
+        pieces.sort(key=lambda piece: -piece[1].size)
+        heap = [(0, index) for index in range(min(groups, len(pieces)))]
+        out: list[list[tuple[TensorHistogram, np.ndarray, bool]]] = [[] for _ in heap]
+        for piece in pieces:
+            load, index = heapq.heappop(heap)
+            out[index].append(piece)
+            heapq.heappush(heap, (load + piece[1].size, index))
+        return out
+
+    def _fold_pieces(self, group: list[tuple[TensorHistogram, np.ndarray, bool]]) -> None:
+        """On a worker thread: fold each piece into its histogram. A whole tensor is folded in
+        directly (no other thread touches that histogram in this run); a piece of a larger one
+        is folded into a histogram of its own, then merged under a lock (exact, in any order)."""
+        for hist, piece, whole in group:
+            if whole:
+                hist.update(piece)
+                continue
+            part = TensorHistogram(hist.bins)
+            part.update(piece)
+            with self._merge_lock:
+                hist.merge(part)
+
+    def _ask_for_kernel(self, values: int) -> None:
+        """Start loading the compiled kernel once the work is known to be large enough."""
+        self._values += values
+        expected = max(self._values, self._per_sample_values * (self._expected_samples or 0))
+        if expected >= KERNEL_MIN_VALUES and histogram.kernel_info()["state"] == "unloaded":
+            histogram.load_kernel(wait=False)
 
     def _run(self, inputs: dict[str, np.ndarray], slot: int) -> list[np.ndarray]:
         """All requested outputs of one run, written into the reused buffers of ``slot``."""
@@ -207,6 +269,7 @@ class ActivationCollector:
 
     def collect(self, batches: Iterable[Batch], total: Optional[int] = None,
                 progress: bool = True) -> Statistics:
+        self._expected_samples = total
         with tqdm(total=total, unit="sample", desc="collecting", disable=not progress,
                   file=sys.stderr, dynamic_ncols=True) as bar:
             self._process(batches, bar.update)

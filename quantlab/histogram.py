@@ -358,24 +358,26 @@ def _k_flush(lanes, counts):  # pragma: no cover - compiled
         lanes[j + 3] = 0
 
 
-def _k_count(seg, target, stride, scale_a, scale_b):  # pragma: no cover - compiled
-    """``target[floor(|x| * scale_a * scale_b) * stride + lane] += 1`` for every x of ``seg``.
-
-    Exact: the scales are powers of two and every product is below ``bins``; a product that
-    underflows is below 1 either way. ``stride`` 4 spreads consecutive values over four lanes.
-    """
+def _k_count4(seg, lanes, scale):  # pragma: no cover - compiled
+    """``lanes[4 * floor(|x| * scale) + j % 4] += 1`` for the j-th value x of ``seg``: four
+    interleaved sub-histograms, so that equal bins in a row (the zeros of a ReLU) do not wait on
+    each other's increments. Exact: ``scale`` is a power of two and every product is below
+    ``bins``; a product that underflows is below 1 either way."""
     m = seg.size
-    o1 = 1 if stride == 4 else 0
-    o2 = 2 if stride == 4 else 0
-    o3 = 3 if stride == 4 else 0
     q = m - m % 4
     for j in range(0, q, 4):
-        target[np.uint32(np.int32(abs(seg[j]) * scale_a * scale_b)) * stride] += 1
-        target[np.uint32(np.int32(abs(seg[j + 1]) * scale_a * scale_b)) * stride + o1] += 1
-        target[np.uint32(np.int32(abs(seg[j + 2]) * scale_a * scale_b)) * stride + o2] += 1
-        target[np.uint32(np.int32(abs(seg[j + 3]) * scale_a * scale_b)) * stride + o3] += 1
+        lanes[np.uint32(np.int32(abs(seg[j]) * scale)) * np.uint32(4)] += 1
+        lanes[np.uint32(np.int32(abs(seg[j + 1]) * scale)) * np.uint32(4) + np.uint32(1)] += 1
+        lanes[np.uint32(np.int32(abs(seg[j + 2]) * scale)) * np.uint32(4) + np.uint32(2)] += 1
+        lanes[np.uint32(np.int32(abs(seg[j + 3]) * scale)) * np.uint32(4) + np.uint32(3)] += 1
     for j in range(q, m):
-        target[np.uint32(np.int32(abs(seg[j]) * scale_a * scale_b)) * stride] += 1
+        lanes[np.uint32(np.int32(abs(seg[j]) * scale)) * np.uint32(4)] += 1
+
+
+def _k_count1(seg, counts, scale):  # pragma: no cover - compiled
+    """``counts[floor(|x| * scale)] += 1`` for every x of ``seg`` (exact, as in _k_count4)."""
+    for j in range(seg.size):
+        counts[np.uint32(np.int32(abs(seg[j]) * scale))] += 1
 
 
 def _k_fold(values, ints, uints, counts, lanes, exponent, log2bins, inf_bits, sign_bit, neg_inf_bits,
@@ -395,8 +397,7 @@ def _k_fold(values, ints, uints, counts, lanes, exponent, log2bins, inf_bits, si
     bits = np.zeros(3, ints.dtype)  # bit patterns of the chunk's max, min and largest magnitude
     ubits = bits.view(uints.dtype)
     fbits = bits.view(values.dtype)
-    stride = np.uint32(4) if n >= 32 * bins else np.uint32(1)
-    target = lanes if n >= 32 * bins else counts
+    use_lanes = n >= 32 * bins  # else zeroing the lanes afterwards would cost more than they save
     dirty = False
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
@@ -475,15 +476,20 @@ def _k_fold(values, ints, uints, counts, lanes, exponent, log2bins, inf_bits, si
             counts[0] += nfinite
             continue
         shift = log2bins - exponent
-        if finite:
-            dirty = dirty or stride == 4
-            if -126 <= shift <= 127:
-                _k_count(seg, target, stride, np.float32(math.ldexp(1.0, shift)), np.float32(1.0))
-            elif shift <= 1000:
-                _k_count(seg, target, stride, math.ldexp(1.0, shift), 1.0)
-            else:  # tiny float64 values: 2**shift itself would overflow
-                _k_count(seg, target, stride, math.ldexp(1.0, shift - 500), math.ldexp(1.0, 500))
-        else:
+        if finite and shift <= 1000:
+            # float32 data is multiplied in float32 (exact, and faster) when the scale fits in it.
+            scale = math.ldexp(1.0, shift)
+            if use_lanes:
+                dirty = True
+                if -126 <= shift <= 127:
+                    _k_count4(seg, lanes, np.float32(scale))
+                else:
+                    _k_count4(seg, lanes, scale)
+            elif -126 <= shift <= 127:
+                _k_count1(seg, counts, np.float32(scale))
+            else:
+                _k_count1(seg, counts, scale)
+        else:  # NaN/Inf among the values, or values so tiny that 2**shift would overflow a float64
             scale_a = math.ldexp(1.0, shift - 500) if shift > 1000 else math.ldexp(1.0, shift)
             scale_b = math.ldexp(1.0, 500) if shift > 1000 else 1.0
             for j in range(m):
@@ -495,7 +501,7 @@ def _k_fold(values, ints, uints, counts, lanes, exponent, log2bins, inf_bits, si
     return exponent, nan, inf, low, high
 
 
-_KERNEL_FUNCTIONS = ("_k_rebin", "_k_flush", "_k_count", "_k_fold")  # callees first
+_KERNEL_FUNCTIONS = ("_k_rebin", "_k_flush", "_k_count4", "_k_count1", "_k_fold")  # callees first
 
 
 def load_kernel(wait: bool = True) -> bool:

@@ -8,6 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from quantlab import collector as collector_module
+from quantlab import histogram
 from quantlab.collector import ActivationCollector
 from quantlab.graph import load_model
 from quantlab.histogram import TensorHistogram
@@ -106,3 +108,39 @@ def test_buffers_of_shapes_no_longer_in_use_are_released(tmp_path):
     for start in range(0, 12, 4):  # the first batch runs as 1 + 3 samples, the next ones whole
         collector.update(Batch({"x": data[start:start + 4]}, None, np.arange(start, start + 4)))
     assert [dict(shape)["x"][0] for slot in collector._buffers for shape in slot] == [4, 4]
+
+
+def collected_bytes(graph, data: np.ndarray, threads: int, batch: int = 5) -> bytes:
+    collector = ActivationCollector(graph, threads=threads)
+    for start in range(0, len(data), batch):
+        collector.update(Batch({"x": data[start:start + batch]}, None, np.arange(start, min(start + batch, len(data)))))
+    collector.close()
+    return collector.statistics.to_bytes()
+
+
+@pytest.mark.parametrize("kernel", [True, False], ids=["kernel", "numpy"])
+def test_tensors_cut_into_pieces_across_any_thread_count_give_the_same_statistics_bytes(tmp_path, monkeypatch, kernel):
+    graph = load_model(view_ops_model(tmp_path / "views.onnx"))
+    data = (np.random.default_rng(3).standard_cauchy((40, 2, 5, 5)) * 0.1).astype(np.float32)
+    data[3, 0, 0, :] = [0.0, -0.0, np.nan, np.inf, -np.inf]
+    if kernel:
+        assert histogram.load_kernel()
+    else:
+        monkeypatch.setattr(histogram, "_kernel", None)
+    monkeypatch.setattr(collector_module, "MIN_PIECE", 7)  # pieces of 7 values and up: every tensor is cut
+    results = {threads: collected_bytes(graph, data, threads) for threads in (1, 2, 3, 8)}
+    assert len(set(results.values())) == 1
+
+
+def test_the_kernel_arriving_in_the_middle_of_a_collection_changes_no_byte(tmp_path, monkeypatch):
+    graph = load_model(view_ops_model(tmp_path / "views.onnx"))
+    data = np.random.default_rng(4).standard_normal((30, 2, 5, 5)).astype(np.float32)
+    assert histogram.load_kernel()
+    kernel = histogram._kernel
+    whole = collected_bytes(graph, data, threads=2)
+    collector = ActivationCollector(graph, threads=2)
+    for start in range(0, 30, 5):
+        monkeypatch.setattr(histogram, "_kernel", kernel if start >= 15 else None)  # numpy first, then the kernel
+        collector.update(Batch({"x": data[start:start + 5]}, None, np.arange(start, start + 5)))
+    collector.close()
+    assert collector.statistics.to_bytes() == whole

@@ -68,6 +68,16 @@ def test_nan_and_inf_are_counted_apart_and_kept_out_of_the_histogram():
     assert hist.max_abs == 2.0
 
 
+def test_extremes_take_minus_zero_below_plus_zero_whatever_the_batch_order():
+    plus, minus = np.zeros(3, dtype=np.float32), -np.zeros(3, dtype=np.float32)
+    for batches in ((plus, minus), (minus, plus)):
+        hist = folded(*batches)
+        assert (np.signbit(hist.min_value), np.signbit(hist.max_value)) == (True, False)
+        merged = folded(batches[0])
+        merged.merge(folded(batches[1]))
+        assert (np.signbit(merged.min_value), np.signbit(merged.max_value)) == (True, False)
+
+
 def test_all_zero_tensor_lands_in_bin_zero_and_merges_with_anything():
     zeros = folded(np.zeros(100, dtype=np.float32))
     assert zeros.max_abs == 0 and zeros.counts[0] == 100
