@@ -231,3 +231,17 @@ def test_a_cache_from_the_normalised_model_names_only_tensors_of_the_original(tm
     result = calibrate(str(path), DataSpec(str(tmp_path / "x.npy")), progress=False)
     names = {vi.name for vi in original.graph.input} | {o for n in original.graph.node for o in n.output}
     assert set(result.table.activations) <= names
+
+
+def test_a_weight_shared_by_two_convs_is_quantized_once_and_used_by_both(tmp_path):
+    nodes = [helper.make_node("Conv", ["x", "W"], ["a"], name="conv_a", pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["x", "W"], ["b"], name="conv_b", pads=[1, 1, 1, 1]),
+             helper.make_node("Add", ["a", "b"], ["y"], name="add")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [out("y")], [numpy_helper.from_array(W, "W")])
+    loaded = load_model(save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path))
+    assert [spec.node for spec in loaded.weights] == ["conv_a", "conv_b"]
+    model, report = export_qdq(loaded, {"x": 1.0, "a": 4.0, "b": 4.0, "y": 8.0})
+    assert report.quantized_weights == ["W"]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] == convs[1].input[1] == "W_weight_dequantized"
