@@ -265,6 +265,12 @@ def build_parser() -> argparse.ArgumentParser:
                       help="Q/DQ placement (see export-qdq --help)")
     cmp_.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                       help="run the INT8 model in ONNX Runtime (CPU, default) or as a TensorRT engine (GPU)")
+    cmp_.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
+                      help="tensorrt (default): the Q/DQ graph as written, TensorRT's int8 x int8 -> int32 "
+                      "arithmetic to float rounding; onnxruntime: ONNX Runtime's own CPU integer kernels, for "
+                      "deployment on ONNX Runtime")
+    cmp_.add_argument("--tensor-samples", type=_count(0), default=64, metavar="N",
+                      help="held-out samples the per-tensor errors are measured on (default 64; 0: skip)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
     cmp_.set_defaults(func=cmd_compare, command_parser=cmp_)
@@ -288,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="TensorRT version in the picked cache's header")
     swp.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
     swp.add_argument("--zero-amax", type=_number, metavar="VALUE", help="as for calibrate")
+    swp.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
+                     help="as for compare (default tensorrt)")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(swp)
     _add_collection_arguments(swp)
@@ -319,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .accuracy import compare
+    from .evaluation.compare import compare
 
     cache = args.cache
     if cache is None:
@@ -333,6 +341,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
                      worst=args.worst, exclude_nodes=args.exclude_nodes, exclude_ops=args.exclude_ops,
                      placement=args.placement, backend=args.backend, providers=args.provider,
+                     int8_arithmetic=args.int8_arithmetic, tensor_samples=args.tensor_samples,
                      progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
@@ -346,10 +355,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if data["worst_tensors"]:
         worst = data["worst_tensors"][0]
         lines.append(f"  worst tensor: {worst['tensor']} ({worst['sqnr_db']:.1f} dB)")
-    lines.append(f"  latency batch 1: FP32 {data['latency']['fp32_ms']:.3f} ms, "
+    lines.append(f"  latency batch 1 (median): FP32 {data['latency']['fp32_ms']:.3f} ms, "
                  f"INT8 {data['latency']['int8_ms']:.3f} ms")
-    lines.append(f"  execution: {data['execution']['verdict']}")
-    lines += [f"  {note}" for note in data["notes"]]
+    lines.append(f"  INT8 arithmetic: {data['execution']['verdict']}")
+    lines += [f"  {respell(note, _flag_spelling(args.command_parser))}" for note in data["notes"]]
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
     _emit(args, data, "\n".join(lines))
@@ -357,7 +366,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .accuracy import sweep
+    from .evaluation.sweep import sweep
 
     if args.eval_data is None and args.model is not None:
         raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
@@ -369,7 +378,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
                  trt_version=_version_arg(args.trt_version), providers=args.provider, bins=args.bins,
                  threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
-                 zero_amax=args.zero_amax, progress=not args.quiet)
+                 zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, progress=not args.quiet)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (

@@ -20,9 +20,9 @@ import numpy as np
 import onnxruntime as ort
 from tqdm import tqdm
 
+from . import histogram
 from .errors import DataError, QuantlabError
 from .graph import ModelGraph, add_outputs
-from . import histogram
 from .histogram import DEFAULT_BINS, TensorHistogram, flat_values
 from .preprocess import Batch
 from .statistics import Statistics
@@ -43,8 +43,10 @@ KERNEL_MIN_VALUES = 200_000_000
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
-                 threads: int = 0, spinning: bool = True) -> ort.InferenceSession:
-    """An ONNX Runtime session on the given providers (CPU by default), checked to exist."""
+                 threads: int = 0, spinning: bool = True,
+                 config: Optional[dict[str, str]] = None) -> ort.InferenceSession:
+    """An ONNX Runtime session on the given providers (CPU by default), checked to exist;
+    ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine)."""
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
@@ -59,6 +61,8 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
         options.intra_op_num_threads = threads
     if not spinning:  # idle ONNX Runtime threads sleep instead of spinning on cores others need
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     try:
         return ort.InferenceSession(model_bytes, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own exception types

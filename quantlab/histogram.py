@@ -575,12 +575,17 @@ def _compile(numba) -> tuple:
 
 
 def _self_check(fold) -> None:
-    """Compile (or load) both float widths now and compare them with the numpy path."""
+    """Compile (or load) every variant now, and compare each with the numpy path: both float
+    widths, with and without the four lanes, at ordinary and at tiny scales, with NaN and Inf."""
     global _kernel
     probe = np.array([0.0, -0.0, 1.0, -1.5, 2.0**-149, 3.0, np.nan, np.inf, -np.inf, 0.75, 6.0, -2.0**20])
-    for dtype in (np.float32, np.float64):
-        values = np.tile(probe.astype(dtype), 40)  # over 32 * 256 values: the four-lane path too
-        compiled, reference = TensorHistogram(256), TensorHistogram(256)
+    finite = np.array([0.0, -0.0, 1.0, -1.5, 2.0**-149, 3.0, 0.75, 6.0, -2.0**20])
+    cases = [(dtype, np.tile(values.astype(dtype), reps))
+             for dtype, tiny in ((np.float32, 2.0**-140), (np.float64, 1e-310))
+             for values in (probe, finite, finite * tiny / 2.0**20)
+             for reps in (1, 1000)]  # 1000 repetitions: over 32 * 256 values, the four-lane path
+    for dtype, values in cases:
+        compiled, reference = TensorHistogram(MIN_BINS), TensorHistogram(MIN_BINS)
         saved, _kernel = _kernel, fold
         try:
             compiled.update(values)
@@ -589,7 +594,7 @@ def _self_check(fold) -> None:
         for start in range(0, values.size, CHUNK):
             reference._update_chunk(values[start:start + CHUNK])
         if not _same(compiled, reference):
-            raise AssertionError(f"{np.dtype(dtype).name} counts differ from numpy's")
+            raise AssertionError(f"{np.dtype(dtype).name} statistics differ from numpy's on {values[:12]}")
 
 
 def _same(a: TensorHistogram, b: TensorHistogram) -> bool:

@@ -243,23 +243,3 @@ def _insert_after_producers(model: onnx.ModelProto, new_nodes: dict[str, list[on
 
 def _safe(name: str) -> str:
     return name.strip("/").replace("/", "_").replace(":", "_").replace(" ", "_") or "tensor"
-
-
-def integer_ops(model_bytes: bytes) -> dict[str, int]:
-    """Op types of ONNX Runtime's optimised graph for a Q/DQ model (QLinear*/Integer ops mean real
-    INT8 kernels; only Q/DQ around float ops means simulated quantization)."""
-    import tempfile
-
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = f"{folder}/optimized.onnx"
-        options.log_severity_level = 3
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-        optimized = onnx.load(f"{folder}/optimized.onnx")
-    counts: dict[str, int] = {}
-    for node in optimized.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts
-

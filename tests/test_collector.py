@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -113,7 +116,8 @@ def test_buffers_of_shapes_no_longer_in_use_are_released(tmp_path):
 def collected_bytes(graph, data: np.ndarray, threads: int, batch: int = 5) -> bytes:
     collector = ActivationCollector(graph, threads=threads)
     for start in range(0, len(data), batch):
-        collector.update(Batch({"x": data[start:start + batch]}, None, np.arange(start, min(start + batch, len(data)))))
+        indices = np.arange(start, min(start + batch, len(data)))
+        collector.update(Batch({"x": data[start:start + batch]}, None, indices))
     collector.close()
     return collector.statistics.to_bytes()
 
@@ -144,3 +148,24 @@ def test_the_kernel_arriving_in_the_middle_of_a_collection_changes_no_byte(tmp_p
         collector.update(Batch({"x": data[start:start + 5]}, None, np.arange(start, start + 5)))
     collector.close()
     assert collector.statistics.to_bytes() == whole
+
+
+def test_the_kernel_is_loaded_only_for_work_large_enough_to_repay_its_start_up(tmp_path):
+    path = view_ops_model(tmp_path / "views.onnx")
+    code = ("import sys, numpy as np\n"
+            "from quantlab import collector, histogram\n"
+            "from quantlab.graph import load_model\n"
+            "from quantlab.preprocess import Batch\n"
+            "graph = load_model(sys.argv[1])\n"
+            "def collect():\n"
+            "    c = collector.ActivationCollector(graph, threads=1)\n"
+            "    batch = Batch({'x': np.ones((4, 2, 5, 5), np.float32)}, None, np.arange(4))\n"
+            "    c.collect([batch], total=4, progress=False)\n"
+            "collect()\n"
+            "print(histogram.kernel_info()['state'])\n"
+            "collector.KERNEL_MIN_VALUES = 1000  # 4 samples make 2,500 values here\n"
+            "collect()\n"
+            "print(histogram.kernel_info()['state'])\n")
+    proc = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True)
+    first, second = proc.stdout.split()
+    assert first == "unloaded" and second in ("loading", "ready")

@@ -111,7 +111,7 @@ def test_a_power_of_two_itself_opens_the_next_range(dtype):
 
 def test_float32_subnormals_alone_and_beside_normal_values():
     tiny = np.float32(2.0**-149)
-    subnormals = np.array([tiny, -tiny, tiny * 3, np.float32(2.0**-127), np.float32(2.0**-126) - tiny], dtype=np.float32)
+    subnormals = np.array([tiny, -tiny, tiny * 3, 2.0**-127, np.float32(2.0**-126) - tiny], dtype=np.float32)
     hist = assert_exact(subnormals)  # a range near 2**-126: its scale does not fit in a float32
     assert hist.exponent == -126
     assert_exact(np.concatenate([subnormals, np.float32([1e-3, 0.5])]))
@@ -150,7 +150,7 @@ def test_signed_zeros_take_the_order_where_minus_zero_is_below_plus_zero(dtype, 
 def test_signed_zero_extremes_do_not_depend_on_order_or_split(dtype):
     values = np.array([0.0] * 5000 + [-0.0] * 5000 + [4.0] * 10, dtype=dtype)
     reference = compiled(values)
-    for order in range(3):
+    for _ in range(3):
         shuffled = RNG.permutation(values)
         for hist in (compiled(*np.array_split(shuffled, 7)), numpy_path(*np.array_split(shuffled, 5))):
             assert_same(hist, reference)

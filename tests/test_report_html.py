@@ -20,8 +20,8 @@ import pytest
 from PIL import Image
 
 from quantlab import report as report_module
-from quantlab.accuracy import sweep
 from quantlab.calibrate import DataSpec
+from quantlab.evaluation.sweep import sweep
 from quantlab.report import Report, bar_figure
 
 WINDOW = (1280, 900)

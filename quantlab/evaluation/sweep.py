@@ -1,0 +1,172 @@
+"""``sweep``: every calibration method on one collection, evaluated the same way, ranked.
+
+Statistics are collected once; each method's ranges become a Q/DQ model; all of them run against
+one FP32 pass over the held-out data through the evaluation engine, so a method's numbers here
+are, bit for bit, the ones ``compare`` gives for the same ranges.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+from tqdm import tqdm
+
+from ..atomic import OutputSet, check_output_folder
+from ..calibrate import DataSpec, _is_default_model, calibrate_statistics, collect_statistics, resolve_model
+from ..errors import DataError, QuantlabError
+from ..formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
+from ..histogram import DEFAULT_BINS
+from ..preprocess import DataFingerprint
+from ..qdq import export_qdq
+from ..report import Report, bar_figure, histogram_figure
+from .compare import HeldOut, _outputs, method_label
+from .engine import OrtRunner, check_arithmetic, evaluate, samples_per_run
+
+SWEEP_METHODS = (
+    ("max", {}),
+    ("entropy", {}),
+    ("percentile", {"p": 99.9}),
+    ("percentile", {"p": 99.99}),
+    ("percentile", {"p": 99.999}),
+    ("mse", {}),
+)
+
+
+def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
+          methods: Sequence[tuple] = SWEEP_METHODS, report: Optional[Union[str, Path]] = None,
+          pick: Optional[str] = None, outputs: Sequence[str] = (),
+          trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
+          bins: int = DEFAULT_BINS, threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
+          zero_amax: Optional[float] = None, int8_arithmetic: str = "tensorrt", progress: bool = True) -> dict:
+    """Calibrate every method on one collection and rank them on held-out data (``int8_arithmetic``
+    as for :func:`quantlab.evaluation.compare.compare`)."""
+    check_arithmetic(int8_arithmetic)
+    graph = resolve_model(model)
+    calib = calib or DataSpec()
+    heldout = heldout or DataSpec()
+    if calib.source is None and not _is_default_model(graph):
+        raise DataError("no calibration data given for this model: set `data`", params=("data",))
+    if pick is not None and report is None:
+        raise QuantlabError("pick writes the winner into the report folder: give `report` too",
+                            params=("pick", "report"))
+    if pick not in (None, "best"):
+        raise QuantlabError(f"pick must be 'best' or None, got {pick!r}", params=("pick",))
+    if report is not None:
+        check_output_folder(report, [graph.path, calib.source, heldout.source])
+    started = time.perf_counter()
+    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
+                               progress=progress)
+    output_names = _outputs(graph, outputs)
+    rows, tables, models = [], {}, {}
+    for method, params in methods:
+        label = method_label(method, params)
+        tables[label] = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
+                                             zero_amax=zero_amax)
+        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
+    fingerprint = DataFingerprint()
+    held = HeldOut(graph, heldout)
+    first = next(held.batches(limit=1, batch_size=1))
+    per_run = samples_per_run(graph.model, graph.activations, first.inputs, providers)
+    candidates = {label: OrtRunner(qdq_model, (), providers, int8_arithmetic, max_samples=per_run)
+                  for label, qdq_model in models.items()}
+    with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
+              file=sys.stderr) as bar:
+        results = evaluate(OrtRunner(graph.model, (), providers, max_samples=per_run), candidates,
+                           held.batches(fingerprint), output_names, progress=bar)
+    overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
+    for label, table in tables.items():
+        main = results[label].outputs[0]
+        rows.append({"method": label, "name": table.method, "params": table.params, **main,
+                     "overlap_with_calibration": overlap})
+        if progress:
+            print(f"  {label:24s} " + ", ".join(f"{k} {main[k]:.4f}" for k in
+                                                 ("int8_top1", "top1_agreement", "sqnr_db") if k in main),
+                  file=sys.stderr)
+    ranked = sorted(rows, key=_rank_key)
+    for position, row in enumerate(ranked, start=1):
+        row["rank"] = position
+    best = ranked[0]
+    data = {
+        "kind": "sweep",
+        "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256},
+        "calibration": {"samples": stats.num_samples, "fingerprint": stats.fingerprint.hexdigest},
+        "heldout": {"samples": best["samples"]},
+        "ranking_key": "INT8 top-1, then top-1 agreement, then SQNR" if "int8_top1" in best
+        else "top-1 agreement, then SQNR",
+        "int8_arithmetic": int8_arithmetic,
+        "results": ranked,
+        "best": best["method"],
+        "seconds": time.perf_counter() - started,
+        "notes": [],
+    }
+    if best.get("overlap_with_calibration"):
+        data["notes"].append(f"WARNING: {best['overlap_with_calibration']} held-out samples were also used for "
+                             "calibration; the accuracy numbers are optimistic")
+    with OutputSet([graph.path, calib.source, heldout.source]) as files:
+        if pick == "best":
+            folder = files.make_folder(report)
+            winner = tables[best["method"]]
+            header = make_header(trt_version, _algorithm(best["name"]))
+            cache_text = format_trt_cache(winner.activations, header)
+            winner.provenance["trt_cache_header"] = header
+            winner.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
+            winner.check_writable_ranges()
+            files.add_text(folder / "best.cache", cache_text)
+            files.add_text(folder / "best.quantlab.json", winner.to_json())
+            files.add(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
+            data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),
+                              "table": str(folder / "best.quantlab.json"), "qdq_model": str(folder / "best.qdq.onnx")}
+        if report is not None:
+            _sweep_report(data, stats, tables).write(report, files)
+        files.commit()
+    return data
+
+
+def _algorithm(method: str) -> str:
+    return "MinMaxCalibration" if method == "max" else "EntropyCalibration2"
+
+
+def _rank_key(row: dict):
+    def neg(key):
+        value = row.get(key)
+        return -value if isinstance(value, float) and math.isfinite(value) else (
+            -1e9 if value == math.inf else 1e9)
+    return (neg("int8_top1"), neg("top1_agreement"), neg("sqnr_db"))
+
+
+def _sweep_report(data: dict, stats, tables: dict) -> Report:
+    doc = Report(f"Calibration sweep: {Path(data['model']['path'] or 'model').name}", data=data)
+    doc.paragraph(f"Statistics collected once on {data['calibration']['samples']} calibration samples; every "
+                  f"method calibrated on them and evaluated on {data['heldout']['samples']} held-out samples. "
+                  f"Ranked by {data['ranking_key']}. Best: **{data['best']}**.")
+    for note in data["notes"]:
+        doc.paragraph(note)
+    keys = [("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("top-5 INT8", "int8_top5"),
+            ("top-1 agreement", "top1_agreement"), ("cosine", "cosine_similarity"), ("SQNR dB", "sqnr_db")]
+    present = [(label, key) for label, key in keys if any(key in r for r in data["results"])]
+    doc.table(["rank", "method"] + [label for label, _ in present],
+              [[r["rank"], r["method"]] + [r.get(key, "") for _, key in present] for r in data["results"]])
+    if "picked" in data:
+        doc.paragraph(f"Picked {data['picked']['method']}: `best.cache`, `best.quantlab.json`, `best.qdq.onnx`.")
+    labels = [r["method"] for r in data["results"]]
+    series = {label: [r.get(key, math.nan) for r in data["results"]] for label, key in
+              (("top-1 INT8", "int8_top1"), ("top-1 agreement", "top1_agreement")) if key in data["results"][0]}
+    doc.figure(bar_figure(labels, series, "methods.png", "Accuracy of each calibration method", "fraction"))
+    spread = []
+    for name in next(iter(tables.values())).activations:
+        values = [t.activations[name] for t in tables.values()]
+        spread.append((max(values) / min(values), name))
+    chosen = [name for _, name in sorted(spread, reverse=True)[:6]]
+    thresholds = {name: {label: t.activations[name] for label, t in tables.items()} for name in chosen}
+    doc.figure(histogram_figure({n: stats.tensors[n] for n in chosen}, thresholds, "thresholds.png",
+                                "Calibration |x| histograms of the tensors where the methods disagree most, "
+                                "with each method's threshold"))
+    doc.heading("Thresholds where the methods disagree most")
+    doc.table(["tensor"] + list(tables), [[n] + [tables[m].activations[n] for m in tables] for n in chosen])
+    return doc
