@@ -61,7 +61,8 @@ def parts(model: onnx.ModelProto, node: onnx.NodeProto):
     act_dq, w_dq = producer[node.input[0]], producer[node.input[1]]
     act_q = producer[act_dq.input[0]]
     bias = inits[node.input[2]] if len(node.input) > 2 else None
-    return act_q.input[0], inits[w_dq.input[0]].astype(np.int64), inits[w_dq.input[1]], float(inits[act_q.input[1]]), bias
+    weight, weight_scales = inits[w_dq.input[0]].astype(np.int64), inits[w_dq.input[1]]
+    return act_q.input[0], weight, weight_scales, float(inits[act_q.input[1]]), bias
 
 
 def test_quantized_convolutions_match_int32_accumulation_to_float_rounding(quantized):
