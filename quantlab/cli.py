@@ -128,6 +128,15 @@ def _add_collection_arguments(parser: argparse.ArgumentParser) -> None:
                        "results do not depend on it")
 
 
+def _add_metric_arguments(parser: argparse.ArgumentParser, *flags: str) -> None:
+    parser.add_argument("--metric", *[f for f in flags if f != "--metric"], dest="metric", default="auto",
+                        metavar="NAME", help="metric plugin: classification, detection, dense, fidelity, "
+                        "module:Class or file.py:Class (default auto: chosen from the outputs' shapes; "
+                        "sweep ranks methods by its score)")
+    parser.add_argument("--metric-param", dest="metric_params", action="append", metavar="NAME=VALUE",
+                        help="metric parameter, e.g. score_threshold=0.3 for detection (repeatable)")
+
+
 def _data_spec(args: argparse.Namespace) -> DataSpec:
     pre = Preprocess.from_file(args.preprocess_config) if args.preprocess_config else Preprocess()
     overrides = {
@@ -143,12 +152,12 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
                     args.batch_size, args.seed)
 
 
-def _parse_params(pairs: Optional[Sequence[str]]) -> dict:
+def _parse_params(pairs: Optional[Sequence[str]], flag: str = "--param") -> dict:
     params = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise QuantlabError(f"--param wants NAME=VALUE, got {pair!r}")
+            raise QuantlabError(f"{flag} wants NAME=VALUE, got {pair!r}")
         try:
             params[key] = int(value) if value.lstrip("-").isdigit() else float(value)
         except ValueError:
@@ -269,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="tensorrt (default): the Q/DQ graph as written, TensorRT's int8 x int8 -> int32 "
                       "arithmetic to float rounding; onnxruntime: ONNX Runtime's own CPU integer kernels, for "
                       "deployment on ONNX Runtime")
+    _add_metric_arguments(cmp_, "--metric")
     cmp_.add_argument("--tensor-samples", type=_count(0), default=64, metavar="N",
                       help="held-out samples the per-tensor errors are measured on (default 64; 0: skip)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
@@ -296,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--zero-amax", type=_number, metavar="VALUE", help="as for calibrate")
     swp.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
                      help="as for compare (default tensorrt)")
+    _add_metric_arguments(swp, "--rank-by")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(swp)
     _add_collection_arguments(swp)
@@ -342,6 +353,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
                      worst=args.worst, exclude_nodes=args.exclude_nodes, exclude_ops=args.exclude_ops,
                      placement=args.placement, backend=args.backend, providers=args.provider,
                      int8_arithmetic=args.int8_arithmetic, tensor_samples=args.tensor_samples,
+                     metric=args.metric, metric_params=_parse_params(args.metric_params, "--metric-param"),
                      progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
@@ -352,6 +364,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
             ("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("agreement", "top1_agreement"),
             ("cosine", "cosine_similarity"), ("SQNR dB", "sqnr_db")) if key in o]
         lines.append(f"  {o['output']}: " + ", ".join(parts))
+    metric = data.get("metric", {})
+    if metric.get("score") is not None:
+        lines.append(f"  metric: {metric['metric']}, {metric.get('score_name', 'score')} {metric['score']:.4f}")
     if data["worst_tensors"]:
         worst = data["worst_tensors"][0]
         lines.append(f"  worst tensor: {worst['tensor']} ({worst['sqnr_db']:.1f} dB)")
@@ -378,11 +393,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
                  trt_version=_version_arg(args.trt_version), providers=args.provider, bins=args.bins,
                  threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
-                 zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, progress=not args.quiet)
+                 zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, metric=args.metric,
+                 metric_params=_parse_params(args.metric_params, "--metric-param"), progress=not args.quiet)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (
             ("top-1", "int8_top1"), ("agreement", "top1_agreement"), ("SQNR dB", "sqnr_db")) if key in r]
+        if r.get("score") is not None and r.get("score_name") not in ("int8_top1", "top1_agreement", "sqnr_db"):
+            parts.append(f"{r['score_name']} {r['score']:.4f}")
         lines.append(f"  {r['rank']}. {r['method']:24s} " + ", ".join(parts))
     lines += [f"  {note}" for note in data["notes"]]
     if "picked" in data:
@@ -670,6 +688,7 @@ def _flag_spelling(parser: argparse.ArgumentParser) -> dict[str, str]:
         if longs:
             spelling[action.dest] = longs[0]
     aliases = {"source": "data", "params": "param", "outputs": "output", "data_format": "data_format",
+               "metric_params": "metric_params",
                "eval_data": "eval_data", "heldout": "eval_data"}
     for name, dest in aliases.items():
         if dest in spelling and name not in spelling:

@@ -121,13 +121,14 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
             report: Optional[Union[str, Path]] = None, outputs: Sequence[str] = (), worst: int = 10,
             exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (), placement: str = "compute",
             backend: str = "onnxruntime", providers: Optional[Sequence[str]] = None,
-            int8_arithmetic: str = "tensorrt", tensor_samples: int = 64,
-            progress: bool = True) -> CompareResult:
+            int8_arithmetic: str = "tensorrt", tensor_samples: int = 64, metric: str = "auto",
+            metric_params: Optional[dict] = None, progress: bool = True) -> CompareResult:
     """FP32 vs the Q/DQ model built from ``cache`` on held-out ``data``; optionally write a report.
 
     ``int8_arithmetic``: ``tensorrt`` (default; the Q/DQ graph as written, which is TensorRT's
     arithmetic to float rounding) or ``onnxruntime`` (its own CPU integer kernels). Per-tensor
     errors are measured on the first ``tensor_samples`` held-out samples, in a pass of their own.
+    ``metric``: the metric plugin (``auto``: chosen from the outputs' shapes; the report says which).
     """
     check_arithmetic(int8_arithmetic)
     graph = resolve_model(model)
@@ -164,7 +165,8 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         raise QuantlabError(f"unknown backend {backend!r} (onnxruntime or tensorrt)", params=("backend",))
     fingerprint = DataFingerprint()
     with tqdm(total=len(heldout), unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
-        result = evaluate(fp32, {"int8": int8}, heldout.batches(fingerprint), output_names, progress=bar)["int8"]
+        result = evaluate(fp32, {"int8": int8}, heldout.batches(fingerprint), output_names, progress=bar,
+                          metric=metric, metric_params=metric_params)["int8"]
     tensor_limit = min(len(heldout), tensor_samples)
     if internal and tensor_limit:
         errors = tensor_errors(graph.model, qdq_model, internal, lambda: heldout.batches(limit=tensor_limit),
@@ -198,6 +200,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
                  "samples": result.samples, "fingerprint": fingerprint.hexdigest,
                  "overlap_with_calibration": overlap},
         "int8_arithmetic": int8_arithmetic,
+        "metric": result.metric,
         "outputs": result.outputs,
         "worst_tensors": worst_rows,
         "tensors": errors.tensors,
@@ -213,6 +216,9 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     elif overlap is None:
         out["notes"].append("the ranges file records no calibration samples (and no quantlab table beside it "
                             "does): overlap with the calibration data could not be checked")
+    if result.metric.get("chosen") == "auto":
+        out["notes"].append(f"metric: {result.metric['metric']} (chosen from the outputs' shapes; `metric` picks "
+                            "another: classification, detection, dense, fidelity or module:Class)")
     if not any("fp32_top1" in o for o in result.outputs):
         out["notes"].append("no labels in the held-out data: top-1/top-5 accuracy skipped, agreement and "
                             "output fidelity reported")

@@ -24,7 +24,6 @@ their own, so they never change the arithmetic of the headline numbers.
 
 from __future__ import annotations
 
-import math
 import statistics
 import tempfile
 import time
@@ -39,6 +38,7 @@ from ..collector import ACTIVATION_BUDGET, available_cpus, make_session
 from ..errors import QuantlabError
 from ..graph import add_outputs
 from ..histogram import TensorHistogram
+from .metrics import detect_metric, make_metric, sqnr_db
 
 ARITHMETICS = ("tensorrt", "onnxruntime")
 INTEGER_OP_PREFIXES = ("QLinear", "QGemm", "DynamicQuantize")
@@ -63,7 +63,7 @@ class OrtRunner:
     """An ONNX Runtime session returning the model outputs plus any extra tensors asked for.
 
     ``arithmetic`` decides how a Q/DQ model computes (module docstring); it changes nothing for
-    a float model. Batches larger than ``max_samples`` run in slices of equal size.
+    a float model. ``max_samples``: the most samples one run should take (see :func:`slices`).
     """
 
     def __init__(self, model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
@@ -77,13 +77,8 @@ class OrtRunner:
         self.max_samples = max_samples
 
     def run(self, inputs: dict) -> dict[str, np.ndarray]:
-        count = len(next(iter(inputs.values()))) if inputs else 0
-        if not self.max_samples or count <= self.max_samples:
-            return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
-        size = max(d for d in range(1, self.max_samples + 1) if count % d == 0)
-        parts = [self.session.run(self.output_names, {k: v[s:s + size] for k, v in inputs.items()})
-                 for s in range(0, count, size)]
-        return {name: np.concatenate([part[k] for part in parts]) for k, name in enumerate(self.output_names)}
+        """The outputs of one run of ``inputs`` (slice batches first with :func:`slices`)."""
+        return dict(zip(self.output_names, self.session.run(self.output_names, inputs)))
 
     def latency(self, inputs: dict, repeats: int = 30, warmup: int = 3) -> dict:
         """Median and spread (10th-90th percentile) of repeated runs of exactly this graph, in ms."""
@@ -101,6 +96,26 @@ class OrtRunner:
                 "intra_op_threads": available_cpus()}
 
 
+def slices(batches: Iterable, size: Optional[int]) -> Iterator:
+    """Each batch cut into runs of at most ``size`` samples, equal-sized, labels and indices along.
+
+    Every metric and error here is a sum over samples, so how samples are grouped into runs
+    changes no number; only the memory of a run (its activations) depends on it.
+    """
+    from ..preprocess import Batch
+
+    for batch in batches:
+        count = len(batch.indices)
+        if not size or count <= size:
+            yield batch
+            continue
+        step = max(d for d in range(1, size + 1) if count % d == 0)
+        for start in range(0, count, step):
+            part = slice(start, start + step)
+            yield Batch({name: value[part] for name, value in batch.inputs.items()},
+                        None if batch.labels is None else batch.labels[part], batch.indices[part])
+
+
 def samples_per_run(model: onnx.ModelProto, names: Sequence[str], sample: dict,
                     providers: Optional[Sequence[str]] = None, budget: int = ACTIVATION_BUDGET) -> int:
     """How many samples one run may take so that the activations ``names`` of one sample, times
@@ -112,98 +127,50 @@ def samples_per_run(model: onnx.ModelProto, names: Sequence[str], sample: dict,
 
 
 @dataclass
-class OutputComparator:
-    """Streaming FP32-vs-INT8 numbers of one model output (fidelity, and top-k where it classifies)."""
-
-    name: str
-    samples: int = 0
-    signal: float = 0.0
-    noise: float = 0.0
-    max_abs_error: float = 0.0
-    cosine_sum: float = 0.0
-    agree: int = 0
-    classified: bool = True
-    correct: dict = field(default_factory=lambda: {"fp32_top1": 0, "int8_top1": 0, "fp32_top5": 0, "int8_top5": 0})
-    labelled: int = 0
-
-    def update(self, reference: np.ndarray, candidate: np.ndarray, labels: Optional[np.ndarray]) -> None:
-        ref = np.asarray(reference, dtype=np.float64)
-        got = np.asarray(candidate, dtype=np.float64)
-        n = ref.shape[0] if ref.ndim else 1
-        flat_ref, flat_got = ref.reshape(n, -1), got.reshape(n, -1)
-        error = flat_got - flat_ref
-        self.signal += float((flat_ref ** 2).sum())
-        self.noise += float((error ** 2).sum())
-        self.max_abs_error = max(self.max_abs_error, float(np.abs(error).max()) if error.size else 0.0)
-        norms = np.linalg.norm(flat_ref, axis=1) * np.linalg.norm(flat_got, axis=1)
-        cosine = np.where(norms > 0, (flat_ref * flat_got).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0)
-        self.cosine_sum += float(cosine.sum())
-        self.samples += n
-        self.classified = self.classified and ref.ndim == 2 and ref.shape[1] >= 2
-        if not self.classified:
-            return
-        ref_top, got_top = ref.argmax(1), got.argmax(1)
-        self.agree += int((ref_top == got_top).sum())
-        if labels is not None and len(labels) == n:
-            self.labelled += n
-            k = min(5, ref.shape[1])
-            for tag, scores in (("fp32", ref), ("int8", got)):
-                top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-                self.correct[f"{tag}_top1"] += int((top[:, 0] == labels).sum())
-                self.correct[f"{tag}_top5"] += int((top == labels[:, None]).any(axis=1).sum())
-
-    def result(self) -> dict:
-        out = {
-            "output": self.name,
-            "samples": self.samples,
-            "cosine_similarity": self.cosine_sum / max(self.samples, 1),
-            "sqnr_db": sqnr_db(self.signal, self.noise),
-            "max_abs_error": self.max_abs_error,
-        }
-        if self.classified:
-            out["top1_agreement"] = self.agree / max(self.samples, 1)
-        if self.classified and self.labelled:
-            out.update({key: value / self.labelled for key, value in self.correct.items()})
-            out["labelled_samples"] = self.labelled
-        return out
-
-
-def sqnr_db(signal: float, noise: float) -> float:
-    """10 log10(signal / noise); +inf for an exact match, -inf for a zero signal with error."""
-    if noise == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10 * math.log10(signal / noise)
-
-
-@dataclass
 class Evaluation:
-    """What one candidate scored: numbers per model output, and the samples they cover."""
+    """What one candidate scored: the metric's result (per output, and its one ``score``)."""
 
     outputs: list[dict]
     samples: int
+    metric: dict = field(default_factory=dict)
 
 
 def evaluate(reference: OrtRunner, candidates: dict[str, OrtRunner], batches: Iterable,
-             outputs: Sequence[str], progress=None) -> dict[str, Evaluation]:
+             outputs: Sequence[str], progress=None, *, metric: str = "auto",
+             metric_params: Optional[dict] = None) -> dict[str, Evaluation]:
     """Every candidate against one reference, in a single pass over ``batches``.
 
     The reference runs once per batch however many candidates there are; the runners return
     the model outputs only, so the numbers are those of exactly the graphs a user would build.
+    ``metric``: a metric plugin's name or ``module:Class`` (:mod:`quantlab.evaluation.metrics`);
+    ``auto`` picks one from the outputs' shapes at the first batch.
     """
-    comparators = {label: {name: OutputComparator(name) for name in outputs} for label in candidates}
+    metrics: dict[str, object] = {}
+    chosen = metric
     samples = 0
-    for batch in batches:
+    size = min([r.max_samples for r in (reference, *candidates.values()) if r.max_samples] or [0]) or None
+    for batch in slices(batches, size):
         ref = reference.run(batch.inputs)
+        if not metrics:
+            if metric == "auto":
+                chosen = detect_metric({name: ref[name].shape[1:] for name in outputs})
+            metrics = {label: make_metric(chosen, outputs, **(metric_params or {})) for label in candidates}
         for label, runner in candidates.items():
-            got = runner.run(batch.inputs)
-            for name, comparator in comparators[label].items():
-                comparator.update(ref[name], got[name], batch.labels)
+            metrics[label].update({n: ref[n] for n in outputs}, {n: v for n, v in runner.run(batch.inputs).items()
+                                                                  if n in outputs}, batch.labels)
         samples += len(batch.indices)
         if progress is not None:
             progress.update(len(batch.indices))
-    return {label: Evaluation([c.result() for c in comparators[label].values()], samples) for label in candidates}
+    if not metrics:
+        raise QuantlabError("no held-out samples to evaluate on")
+    found = {}
+    for label, state in metrics.items():
+        result = state.result()
+        summary = {key: value for key, value in result.items() if key != "outputs"}
+        summary.setdefault("metric", chosen)
+        summary["chosen"] = "auto" if metric == "auto" else "given"
+        found[label] = Evaluation(list(result.get("outputs", [])), samples, summary)
+    return found
 
 
 @dataclass
@@ -235,7 +202,7 @@ def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, name
         fp32 = OrtRunner(fp32_model, chosen, providers, max_samples=max_samples)
         int8 = OrtRunner(int8_model, chosen, providers, arithmetic, max_samples=max_samples)
         samples = 0
-        for batch in batches():
+        for batch in slices(batches(), max_samples):
             ref, got = fp32.run(batch.inputs), int8.run(batch.inputs)
             for name in chosen:
                 r = ref[name].astype(np.float64, copy=False)

@@ -43,7 +43,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
           pick: Optional[str] = None, outputs: Sequence[str] = (),
           trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
           bins: int = DEFAULT_BINS, threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
-          zero_amax: Optional[float] = None, int8_arithmetic: str = "tensorrt", progress: bool = True) -> dict:
+          zero_amax: Optional[float] = None, int8_arithmetic: str = "tensorrt", metric: str = "auto",
+          metric_params: Optional[dict] = None, progress: bool = True) -> dict:
     """Calibrate every method on one collection and rank them on held-out data (``int8_arithmetic``
     as for :func:`quantlab.evaluation.compare.compare`)."""
     check_arithmetic(int8_arithmetic)
@@ -78,12 +79,15 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
               file=sys.stderr) as bar:
         results = evaluate(OrtRunner(graph.model, (), providers, max_samples=per_run), candidates,
-                           held.batches(fingerprint), output_names, progress=bar)
+                           held.batches(fingerprint), output_names, progress=bar, metric=metric,
+                           metric_params=metric_params)
     overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
     for label, table in tables.items():
         main = results[label].outputs[0]
+        score = results[label].metric
         rows.append({"method": label, "name": table.method, "params": table.params, **main,
-                     "overlap_with_calibration": overlap})
+                     "score": score.get("score"), "score_name": score.get("score_name"),
+                     "metric": score.get("metric"), "overlap_with_calibration": overlap})
         if progress:
             print(f"  {label:24s} " + ", ".join(f"{k} {main[k]:.4f}" for k in
                                                  ("int8_top1", "top1_agreement", "sqnr_db") if k in main),
@@ -97,8 +101,7 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256},
         "calibration": {"samples": stats.num_samples, "fingerprint": stats.fingerprint.hexdigest},
         "heldout": {"samples": best["samples"]},
-        "ranking_key": "INT8 top-1, then top-1 agreement, then SQNR" if "int8_top1" in best
-        else "top-1 agreement, then SQNR",
+        "ranking_key": f"{best['metric']} score ({best['score_name']}), then INT8 top-1, top-1 agreement, SQNR",
         "int8_arithmetic": int8_arithmetic,
         "results": ranked,
         "best": best["method"],
@@ -133,11 +136,13 @@ def _algorithm(method: str) -> str:
 
 
 def _rank_key(row: dict):
+    """Best first: the metric's score, then the classic tie-breakers; NaN (undefined) ranks last."""
     def neg(key):
         value = row.get(key)
-        return -value if isinstance(value, float) and math.isfinite(value) else (
-            -1e9 if value == math.inf else 1e9)
-    return (neg("int8_top1"), neg("top1_agreement"), neg("sqnr_db"))
+        if not isinstance(value, (int, float)) or math.isnan(value):
+            return 1e18
+        return -1e9 if value == math.inf else (1e9 if value == -math.inf else -value)
+    return (neg("score"), neg("int8_top1"), neg("top1_agreement"), neg("sqnr_db"))
 
 
 def _sweep_report(data: dict, stats, tables: dict) -> Report:

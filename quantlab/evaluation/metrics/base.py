@@ -19,10 +19,11 @@ import numpy as np
 
 from ...errors import QuantlabError
 
-# float64 temporaries of one slice of samples stay below this many values (8 bytes each):
-# a 32-image batch of a 640x640 YOLOv8 head ([32, 84, 8400]) is folded in a few slices, so the
-# metric adds tens of MiB, not several copies of the batch in float64.
-SLICE_VALUES = 1 << 22
+# float64 temporaries of one slice of samples stay near this many values (8 MiB an array, a few
+# arrays alive at once): a 32-image batch of a 640x640 YOLOv8 head ([32, 84, 8400], 0.7 M values
+# an image) is folded an image at a time, so a metric adds tens of MiB, not several float64
+# copies of the batch. The slicing changes no bit (per-sample reductions, exact sums).
+SLICE_VALUES = 1 << 20
 PARAMS = ("metric_params",)  # the Python name under which the engine takes metric parameters
 
 _FIXED_BITS = 1074  # 2**-1074 is the smallest float64 (subnormal): every finite float64 is k * 2**-1074
@@ -101,7 +102,7 @@ def slices(samples: int, values_per_sample: int) -> Iterator[slice]:
 class Fidelity:
     """Streaming cosine / SQNR / max-abs-error of one tensor (or one block of it), INT8 vs FP32.
 
-    The numbers of :class:`quantlab.evaluate.OutputComparator`: per sample, the cosine of the
+    The numbers of :class:`quantlab.evaluation.engine.OutputComparator`: per sample, the cosine of the
     flattened FP32 and INT8 values (1.0 when either is all zeros, as OutputComparator counted
     it); over all values, SQNR = 10 log10(sum ref^2 / sum (int8 - ref)^2) and the largest
     |int8 - ref|. Sums are exact (:class:`ExactSum`), so they agree with OutputComparator's to
@@ -128,11 +129,13 @@ class Fidelity:
             rows = ref.shape[0]
             ref, got = ref.reshape(rows, -1), got.reshape(rows, -1)
             error = got - ref
-            self.signal.add((ref * ref).sum(axis=1))
+            signal = (ref * ref).sum(axis=1)
+            self.signal.add(signal)
             self.noise.add((error * error).sum(axis=1))
             if error.size:
                 self.max_abs_error = nan_max(self.max_abs_error, float(np.abs(error).max()))
-            norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(got, axis=1)
+            # np.linalg.norm(x, axis=1) is exactly sqrt((x * x).sum(axis=1)): reuse the signal
+            norms = np.sqrt(signal) * np.sqrt((got * got).sum(axis=1))
             self.cosine.add(np.where(norms > 0, (ref * got).sum(axis=1) / np.where(norms > 0, norms, 1), 1.0))
             self.samples += rows
 

@@ -3,7 +3,7 @@
 For outputs ``[N, C]`` (logits or probabilities, C >= 2): top-1 agreement of INT8 with FP32 on
 every sample; with labels (one class id per sample), top-1 and top-5 accuracy of both models
 (top-k with k = min(5, C); ties go to the lower class index, as ``argmax`` and a stable sort
-do); plus the fidelity numbers. Keys as ``quantlab.evaluate.OutputComparator`` wrote them, so
+do); plus the fidelity numbers. Keys as ``quantlab.evaluation.engine.OutputComparator`` wrote them, so
 reports read the same. The score is INT8 top-1 accuracy when labels were given, else top-1
 agreement, of the worst output.
 """

@@ -3,7 +3,7 @@
 Per output: mean per-sample cosine similarity, SQNR in dB (10 log10 of signal power over error
 power, over all values; +inf for an exact match, -inf for a zero signal with error) and the
 largest absolute error; the numbers ``compare`` has always reported (ported from
-``quantlab.evaluate.OutputComparator``). The score is the worst output's SQNR: a model is as
+``quantlab.evaluation.engine.OutputComparator``). The score is the worst output's SQNR: a model is as
 good as its most damaged output.
 """
 
