@@ -3,6 +3,8 @@ the engine bounds its memory (slices, tensors a group at a time) changes no numb
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -71,3 +73,33 @@ def test_latency_is_a_median_with_its_spread_and_the_thread_count(quantized):
     latency = OrtRunner(graph.model).latency({"image": images}, repeats=10)
     assert latency["p10_ms"] <= latency["median_ms"] <= latency["p90_ms"]
     assert latency["runs"] == 10 and latency["intra_op_threads"] >= 1
+
+
+def test_compare_picks_the_classification_metric_for_logits_and_says_so(tmp_path):
+    from conftest import run_cli
+
+    run_cli("calibrate", "--num-samples", "32", "-q", cwd=tmp_path, check=True)
+    data = json.loads(run_cli("compare", "--num-samples", "32", "--tensor-samples", "0", "--json", "-q",
+                              cwd=tmp_path, check=True).stdout)
+    assert data["metric"]["metric"] == "classification" and data["metric"]["chosen"] == "auto"
+    assert data["metric"]["score"] == data["outputs"][0]["int8_top1"]
+    assert any("metric: classification (chosen from the outputs' shapes" in note for note in data["notes"])
+
+
+def test_sweep_ranks_by_the_metric_it_is_given(tmp_path):
+    from conftest import run_cli
+
+    data = json.loads(run_cli("sweep", "--num-samples", "64", "--eval-num-samples", "64", "--rank-by", "fidelity",
+                              "--json", "-q", cwd=tmp_path, check=True).stdout)
+    scores = [row["score"] for row in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(row["score_name"] == "sqnr_db" and row["score"] == row["sqnr_db"] for row in data["results"])
+
+
+def test_an_unknown_metric_is_one_line_naming_the_installed_ones(tmp_path):
+    from conftest import run_cli
+
+    run_cli("calibrate", "--num-samples", "16", "-q", cwd=tmp_path, check=True)
+    proc = run_cli("compare", "--num-samples", "16", "--metric", "bleu", cwd=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "classification" in proc.stderr and "--metric" in proc.stderr
