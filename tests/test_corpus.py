@@ -75,3 +75,24 @@ def test_an_opset_11_paddle_export_is_converted_for_export_and_the_summary_says_
     out = run_cli("export-qdq", str(path), "--cache", "m.cache", "-o", "q.onnx", cwd=tmp_path, check=True).stdout
     assert "converted from ONNX opset 11 to 13" in out
     assert next(o.version for o in onnx.load(tmp_path / "q.onnx").opset_import if o.domain == "") == 13
+
+
+def test_compare_and_sweep_agree_bit_for_bit_on_a_real_third_party_model(tmp_path):
+    from quantlab.calibrate import DataSpec, calibrate
+    from quantlab.evaluation.compare import compare
+    from quantlab.evaluation.sweep import sweep
+    from quantlab.preprocess import Preprocess
+
+    model = corpus.by_name("mtcnn_onet")
+    path = installed(model)
+    corpus.write_split(model, "calibration", 16, tmp_path / "calib.npz")
+    corpus.write_split(model, "heldout", 16, tmp_path / "heldout.npz")
+    pre = Preprocess(resize=model.resize, mean=model.mean, std=model.std)
+    calib, held = DataSpec(str(tmp_path / "calib.npz"), preprocess=pre), DataSpec(str(tmp_path / "heldout.npz"),
+                                                                                  preprocess=pre)
+    swept = sweep(str(path), calib, held, methods=[("max", {})], progress=False)
+    calibrate(str(path), calib, method="max", output=tmp_path / "m.cache", progress=False)
+    compared = compare(str(path), tmp_path / "m.quantlab.json", held, tensor_samples=0, progress=False).data
+    keys = ("samples", "cosine_similarity", "sqnr_db", "max_abs_error")
+    assert {k: swept["results"][0][k] for k in keys} == {k: compared["outputs"][0][k] for k in keys}
+    assert swept["results"][0]["score"] == compared["metric"]["score"]
