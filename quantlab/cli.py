@@ -279,8 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
                       "arithmetic to float rounding; onnxruntime: ONNX Runtime's own CPU integer kernels, for "
                       "deployment on ONNX Runtime")
     _add_metric_arguments(cmp_, "--metric")
-    cmp_.add_argument("--tensor-samples", type=_count(0), default=64, metavar="N",
-                      help="held-out samples the per-tensor errors are measured on (default 64; 0: skip)")
+    cmp_.add_argument("--tensor-samples", type=_count(0), default=32, metavar="N",
+                      help="held-out samples the per-tensor errors are measured on (default 32; 0: skip)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
     _add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
     cmp_.set_defaults(func=cmd_compare, command_parser=cmp_)

@@ -40,6 +40,7 @@ from ..report import Report, histogram_figure, sqnr_figure
 from .engine import (
     OrtRunner,
     TensorErrors,
+    activation_bytes,
     check_arithmetic,
     evaluate,
     execution_verdict,
@@ -121,7 +122,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
             report: Optional[Union[str, Path]] = None, outputs: Sequence[str] = (), worst: int = 10,
             exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (), placement: str = "compute",
             backend: str = "onnxruntime", providers: Optional[Sequence[str]] = None,
-            int8_arithmetic: str = "tensorrt", tensor_samples: int = 64, metric: str = "auto",
+            int8_arithmetic: str = "tensorrt", tensor_samples: int = 32, metric: str = "auto",
             metric_params: Optional[dict] = None, progress: bool = True) -> CompareResult:
     """FP32 vs the Q/DQ model built from ``cache`` on held-out ``data``; optionally write a report.
 
@@ -154,7 +155,8 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     internal = [name for name in graph.activations if name not in inputs and name not in output_names]
     heldout = HeldOut(graph, data)
     first = next(heldout.batches(limit=1, batch_size=1))
-    per_run = samples_per_run(graph.model, graph.activations, first.inputs, providers)
+    sizes = activation_bytes(graph.model, graph.activations, first.inputs, providers)
+    per_run = samples_per_run(sizes)
     fp32 = OrtRunner(graph.model, (), providers, max_samples=per_run)
     if backend == "tensorrt":
         internal = []  # an engine exposes its outputs only
@@ -170,7 +172,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     tensor_limit = min(len(heldout), tensor_samples)
     if internal and tensor_limit:
         errors = tensor_errors(graph.model, qdq_model, internal, lambda: heldout.batches(limit=tensor_limit),
-                               providers=providers, arithmetic=int8_arithmetic, max_samples=per_run)
+                               providers=providers, arithmetic=int8_arithmetic, max_samples=per_run, sizes=sizes)
     else:
         errors = TensorErrors([], {}, 0)
     overlap = _overlap(ranges, fingerprint)

@@ -116,14 +116,39 @@ def slices(batches: Iterable, size: Optional[int]) -> Iterator:
                         None if batch.labels is None else batch.labels[part], batch.indices[part])
 
 
-def samples_per_run(model: onnx.ModelProto, names: Sequence[str], sample: dict,
-                    providers: Optional[Sequence[str]] = None, budget: int = ACTIVATION_BUDGET) -> int:
-    """How many samples one run may take so that the activations ``names`` of one sample, times
-    that count, stay within ``budget`` bytes: measured on ``sample`` (a batch of one)."""
-    probe = OrtRunner(model, [n for n in names if n not in {i.name for i in model.graph.input}], providers)
-    outputs = probe.run(sample)
-    per_sample = sum(np.asarray(v).nbytes for v in (*outputs.values(), *sample.values()))
-    return max(1, int(budget // max(per_sample, 1)))
+def activation_bytes(model: onnx.ModelProto, names: Sequence[str], sample: dict,
+                     providers: Optional[Sequence[str]] = None) -> dict[str, int]:
+    """Bytes per sample of each tensor in ``names`` (model inputs included), measured by running
+    ``sample`` (a batch of one) once with all of them as outputs."""
+    inputs = {i.name for i in model.graph.input}
+    probe = OrtRunner(model, [n for n in names if n not in inputs], providers)
+    outputs = {**probe.run(sample), **{n: v for n, v in sample.items() if n in names}}
+    return {name: int(np.asarray(outputs[name]).nbytes) for name in names if name in outputs}
+
+
+def samples_per_run(sizes: dict[str, int], budget: int = ACTIVATION_BUDGET) -> int:
+    """How many samples one run may take so that its activations (``sizes``: bytes per sample,
+    from :func:`activation_bytes`) stay within ``budget`` bytes."""
+    return max(1, int(budget // max(sum(sizes.values()), 1)))
+
+
+def tensor_groups(names: Sequence[str], sizes: Optional[dict[str, int]], per_run: int,
+                  budget: int = ACTIVATION_BUDGET, group: int = 32) -> list[list[str]]:
+    """``names`` in passes: without ``sizes``, ``group`` at a time; with them, as many as fit
+    ``budget`` bytes per run for both models (half each), at least one per pass."""
+    if not sizes:
+        return [list(names[i:i + group]) for i in range(0, len(names), group)]
+    limit = budget // 2
+    groups: list[list[str]] = [[]]
+    used = 0
+    for name in names:
+        cost = sizes.get(name, 0) * per_run
+        if groups[-1] and used + cost > limit:
+            groups.append([])
+            used = 0
+        groups[-1].append(name)
+        used += cost
+    return [g for g in groups if g]
 
 
 @dataclass
@@ -184,8 +209,10 @@ class TensorErrors:
 
 def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, names: Sequence[str],
                   batches: Callable[[], Iterator], *, group: int = 32, providers: Optional[Sequence[str]] = None,
-                  arithmetic: str = "tensorrt", max_samples: Optional[int] = None) -> TensorErrors:
-    """SQNR of every tensor in ``names``, ``group`` tensors per pass over ``batches()``.
+                  arithmetic: str = "tensorrt", max_samples: Optional[int] = None,
+                  sizes: Optional[dict[str, int]] = None) -> TensorErrors:
+    """SQNR of every tensor in ``names``, a group of tensors per pass over ``batches()``
+    (:func:`tensor_groups`: ``group`` at a time, or by their ``sizes`` within the budget).
 
     Asking a session for internal tensors stops ONNX Runtime from fusing the ops around them, so
     this is a pass of its own, apart from the headline numbers; and asking for at most ``group``
@@ -197,8 +224,7 @@ def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, name
     histograms: dict[str, TensorHistogram] = {}
     samples = 0
     names = list(names)
-    for start in range(0, len(names), group):
-        chosen = names[start:start + group]
+    for chosen in tensor_groups(names, sizes, max_samples or 1, group=group):
         fp32 = OrtRunner(fp32_model, chosen, providers, max_samples=max_samples)
         int8 = OrtRunner(int8_model, chosen, providers, arithmetic, max_samples=max_samples)
         samples = 0

@@ -26,7 +26,7 @@ from ..preprocess import DataFingerprint
 from ..qdq import export_qdq
 from ..report import Report, bar_figure, histogram_figure
 from .compare import HeldOut, _outputs, method_label
-from .engine import OrtRunner, check_arithmetic, evaluate, samples_per_run
+from .engine import OrtRunner, activation_bytes, check_arithmetic, evaluate, samples_per_run
 
 SWEEP_METHODS = (
     ("max", {}),
@@ -73,7 +73,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     fingerprint = DataFingerprint()
     held = HeldOut(graph, heldout)
     first = next(held.batches(limit=1, batch_size=1))
-    per_run = samples_per_run(graph.model, graph.activations, first.inputs, providers)
+    sizes = activation_bytes(graph.model, graph.activations, first.inputs, providers)
+    per_run = samples_per_run(sizes)
     candidates = {label: OrtRunner(qdq_model, (), providers, int8_arithmetic, max_samples=per_run)
                   for label, qdq_model in models.items()}
     with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
