@@ -202,12 +202,17 @@ def run_child(tool: str, load: dict, data: str, work: str, memory_gib: float, ti
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if out.returncode != 0:
-        lines = [line for line in out.stderr.strip().splitlines() if line.strip()] or [f"exit {out.returncode}"]
-        last = lines[-1]
-        if "MemoryError" in out.stderr or "bad_alloc" in out.stderr or "Failed to allocate" in out.stderr:
-            last = f"out of memory under the {memory_gib:g} GiB cap ({last[:120]})"
-        return {"error": last}
+        return {"error": child_failure(out.stderr, out.returncode, memory_gib)}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def child_failure(stderr: str, returncode: int, memory_gib: float) -> str:
+    """One line for a child that failed: its last stderr line, or out of memory under the cap."""
+    lines = [line for line in stderr.strip().splitlines() if line.strip()] or [f"exit {returncode}"]
+    last = lines[-1]
+    if "MemoryError" in stderr or "bad_alloc" in stderr or "Failed to allocate" in stderr:
+        last = f"out of memory under the {memory_gib:g} GiB cap ({last[:120]})"
+    return last
 
 
 def end_to_end(load: dict, sizes: list[int], repeats: int, memory_gib: float, timeout: float,
@@ -475,6 +480,21 @@ def targets(result: dict) -> list[str]:
     return out
 
 
+def machine_info() -> dict:
+    """The machine and the versions a benchmark ran with."""
+    import onnxruntime
+
+    try:
+        from importlib.metadata import version
+
+        modelopt = version("nvidia-modelopt")
+    except Exception:
+        modelopt = "not installed"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    return {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(), "python": platform.python_version(),
+            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "modelopt": modelopt}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workload", choices=["fashion", "mobilenetv2"], nargs="+",
@@ -500,19 +520,8 @@ def main() -> None:
         (ROOT / "reports" / "benchmarks.md").write_text(text)
         print(text)
         return
-    import onnxruntime
-
-    try:
-        from importlib.metadata import version
-
-        modelopt = version("nvidia-modelopt")
-    except Exception:
-        modelopt = "not installed"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-    result = {"machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-                          "python": platform.python_version(), "numpy": np.__version__,
-                          "onnxruntime": onnxruntime.__version__, "modelopt": modelopt},
-              "repeats": args.repeats, "kl": previous.get("kl", {}), "workloads": previous.get("workloads", {})}
+    result = {"machine": machine_info(), "repeats": args.repeats, "kl": previous.get("kl", {}),
+              "workloads": previous.get("workloads", {})}
     for name in args.workload:
         load = workload(name)
         print(f"== {name}", file=sys.stderr, flush=True)

@@ -7,9 +7,9 @@ import math
 import subprocess
 import sys
 
-import corpus
+from test_corpus import corpus, installed  # installed: skips where the corpus package is absent, fails under CI
+
 from conftest import REPO
-from test_corpus import installed  # skips where the corpus package is absent, fails under CI
 
 
 def test_the_quick_real_graphs_benchmark_reports_every_tool_for_a_model(tmp_path):
