@@ -37,14 +37,14 @@ ACTIVATION_BUDGET = 256 << 20
 MIN_PIECE = 1 << 16
 PIECES_PER_THREAD = 4
 # Values to histogram (expected for the whole collection, or seen so far) from which the compiled
-# kernel is loaded: numba's start-up (about a second) buys nothing on less, which numpy bins in
-# well under a second. Until it is loaded, and below this, histograms are filled by numpy.
+# kernel is loaded: numba's start-up (about a second, and about 130 MiB) buys nothing on less,
+# which numpy bins in under a second. Until it is loaded, and below this, numpy fills the histograms.
 KERNEL_MIN_VALUES = 200_000_000
 
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
                  threads: int = 0, spinning: bool = True,
-                 config: Optional[dict[str, str]] = None) -> ort.InferenceSession:
+                 config: Optional[dict[str, str]] = None, optimize: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session on the given providers (CPU by default), checked to exist;
     ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine)."""
     wanted = list(providers or DEFAULT_PROVIDERS)
@@ -63,6 +63,8 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
+    if not optimize:  # the graph exactly as written (quantlab.evaluation.engine's INT8 arithmetic)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(model_bytes, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own exception types
