@@ -171,11 +171,17 @@ def test_a_temp_file_of_a_running_writer_is_left_alone(tmp_path):
     assert live.exists()
 
 
-def test_sigterm_ends_a_run_with_one_line_and_no_output(tmp_path):
+def slow_calibration(tmp_path) -> subprocess.Popen:
+    """`quantlab calibrate` on data that takes a minute to arrive, started and past its imports."""
     (tmp_path / "slow.py").write_text("import time\n\ndef samples():\n    time.sleep(60)\n    return []\n")
     proc = subprocess.Popen([sys.executable, "-m", "quantlab", "calibrate", str(defaults.MODEL), "--data",
                              "slow.py:samples", "-o", "m.cache"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     wait_for_import(proc.pid, "onnxruntime")
+    return proc
+
+
+def test_sigterm_ends_a_run_with_one_line_and_no_output(tmp_path):
+    proc = slow_calibration(tmp_path)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.strip() == "quantlab: terminated; no output was written"
@@ -183,10 +189,7 @@ def test_sigterm_ends_a_run_with_one_line_and_no_output(tmp_path):
 
 
 def test_ctrl_c_before_any_write_says_nothing_was_written(tmp_path):
-    (tmp_path / "slow.py").write_text("import time\n\ndef samples():\n    time.sleep(60)\n    return []\n")
-    proc = subprocess.Popen([sys.executable, "-m", "quantlab", "calibrate", str(defaults.MODEL), "--data",
-                             "slow.py:samples", "-o", "m.cache"], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
-    wait_for_import(proc.pid, "onnxruntime")
+    proc = slow_calibration(tmp_path)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and err.strip() == "quantlab: interrupted; no output was written", err
