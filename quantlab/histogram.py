@@ -26,10 +26,11 @@ Two implementations fill a histogram, with the same result, bit for bit, on any 
 exponent, extremes, NaN and Inf counts; ``tests/test_histogram_kernel.py``): a compiled kernel
 (numba, ``nogil``) that reads each value from memory once and lets any number of threads fill
 histograms at the same time, and the numpy path, whose ``bincount`` holds the GIL. The kernel has
-a start-up cost (importing numba and loading the compiled code from numba's on-disk cache, about a
-second; compiling it when there is no cache yet, a few seconds more), so :func:`load_kernel` loads
-it in the background, and until it is ready histograms are filled by numpy: switching mid-way
-changes nothing. The collector asks for it only when the work is large enough to repay it.
+a start-up cost (importing numba and loading the compiled code from numba's on-disk cache: 0.85 to
+1.0 s measured; compiling it when there is no cache yet: 5.7 to 8.4 s, once per install; see
+``reports/calibration-core.md``), so :func:`load_kernel` loads it in the background, and until it
+is ready histograms are filled by numpy: switching mid-way changes nothing. The collector asks for
+it only when the work is large enough to repay it.
 Without numba (not installed, or one that refuses this numpy) the numpy path is used, after a
 one-line notice.
 
@@ -537,8 +538,8 @@ def _load() -> None:
         import numba
     except Exception as exc:  # not installed, or one that refuses this numpy ("Numba needs NumPy ...")
         _kernel_info["reason"] = f"numba cannot be imported ({exc})"
-        _notice(f"numba cannot be imported ({exc}); histograms are filled by numpy, on one core at a "
-                "time and about half as fast (pip install numba)")
+        _notice(f"numba cannot be imported ({exc}); histograms are filled by numpy, 2-3x slower on one "
+                "core and no faster on more (pip install numba)")
         _kernel_state = "unavailable"
         return
     try:
@@ -577,7 +578,6 @@ def _compile(numba) -> tuple:
 def _self_check(fold) -> None:
     """Compile (or load) every variant now, and compare each with the numpy path: both float
     widths, with and without the four lanes, at ordinary and at tiny scales, with NaN and Inf."""
-    global _kernel
     probe = np.array([0.0, -0.0, 1.0, -1.5, 2.0**-149, 3.0, np.nan, np.inf, -np.inf, 0.75, 6.0, -2.0**20])
     finite = np.array([0.0, -0.0, 1.0, -1.5, 2.0**-149, 3.0, 0.75, 6.0, -2.0**20])
     cases = [(dtype, np.tile(values.astype(dtype), reps))
@@ -586,11 +586,7 @@ def _self_check(fold) -> None:
              for reps in (1, 1000)]  # 1000 repetitions: over 32 * 256 values, the four-lane path
     for dtype, values in cases:
         compiled, reference = TensorHistogram(MIN_BINS), TensorHistogram(MIN_BINS)
-        saved, _kernel = _kernel, fold
-        try:
-            compiled.update(values)
-        finally:
-            _kernel = saved
+        compiled._update_compiled(fold, values)  # not through _kernel: no other thread may use it yet
         for start in range(0, values.size, CHUNK):
             reference._update_chunk(values[start:start + CHUNK])
         if not _same(compiled, reference):
