@@ -49,13 +49,20 @@ def quantlab(*args) -> None:
     # Paths relative to the repository root, so the committed reports name no machine's folders.
     args = tuple(str(a.relative_to(ROOT)) if isinstance(a, Path) and a.is_relative_to(ROOT) else str(a)
                  for a in args)
-    command = [sys.executable, "-m", "quantlab.cli", *args]
+    command = [sys.executable, "-m", "quantlab", *args]
     print("$ quantlab " + " ".join(shlex.quote(str(a)) for a in args), flush=True)
     subprocess.run(command, check=True, cwd=ROOT)
 
 
 def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset (default: all)")
+    wanted = parser.parse_args().models.split(",")
     for name, spec in MODELS.items():
+        if name not in wanted:
+            continue
         missing = [p for p in (spec["model"], spec["calib"], spec["heldout"]) if not Path(p).exists()]
         if missing:
             raise SystemExit(f"{name}: {missing[0]} is missing; run: {spec['needs']}")
