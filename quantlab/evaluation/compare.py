@@ -249,6 +249,10 @@ def _tensorrt_runner(qdq_bytes: bytes):
     return TensorRTRunner(folder / "model.int8.plan")
 
 
+def _number(value) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
 def _compare_report(data: dict, histograms: dict, thresholds: dict) -> Report:
     doc = Report(f"INT8 vs FP32: {Path(data['model']['path'] or 'model').name}", data=data)
     d = data["data"]
@@ -266,6 +270,24 @@ def _compare_report(data: dict, histograms: dict, thresholds: dict) -> Report:
     present = [(label, key) for label, key in keys if any(key in o for o in data["outputs"])]
     doc.table(["output"] + [label for label, _ in present],
               [[o["output"]] + [o.get(key, "") for _, key in present] for o in data["outputs"]])
+    metric = data.get("metric") or {}
+    if metric.get("metric"):
+        doc.heading(f"Metric: {metric['metric']}")
+        doc.paragraph(f"Score ({metric.get('score_name', 'score')}, higher is better): {_number(metric.get('score'))}"
+                      + (" - chosen from the outputs' shapes." if metric.get("chosen") == "auto" else "."))
+        parts = [(o["output"], part, o[part]) for o in data["outputs"] for part in ("boxes", "scores")
+                 if isinstance(o.get(part), dict)]
+        if parts:
+            doc.paragraph("A detection head mixes box coordinates (pixels) with class scores (0..1): one number "
+                          "for the whole output is dominated by the boxes, so each part is measured apart.")
+            doc.table(["output", "part", "cosine", "SQNR dB", "max abs err"],
+                      [[name, part, v.get("cosine_similarity"), v.get("sqnr_db"), v.get("max_abs_error")]
+                       for name, part, v in parts])
+        extra = [(o["output"], key, o[key]) for o in data["outputs"] for key in
+                 ("map50", "recall", "precision", "fp32_detections", "int8_detections", "mask_iou", "pixel_agreement")
+                 if key in o]
+        if extra:
+            doc.table(["output", "measure", "value"], [list(row) for row in extra])
     doc.heading("Model and execution")
     lat = data["latency"]
     doc.table(["", "FP32", "INT8 (Q/DQ)"], [

@@ -155,6 +155,9 @@ def _sweep_report(data: dict, stats, tables: dict) -> Report:
         doc.paragraph(note)
     keys = [("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("top-5 INT8", "int8_top5"),
             ("top-1 agreement", "top1_agreement"), ("cosine", "cosine_similarity"), ("SQNR dB", "sqnr_db")]
+    score_name = data["results"][0].get("score_name")
+    if score_name and score_name not in {key for _, key in keys}:
+        keys.append((f"score: {score_name}", "score"))
     present = [(label, key) for label, key in keys if any(key in r for r in data["results"])]
     doc.table(["rank", "method"] + [label for label, _ in present],
               [[r["rank"], r["method"]] + [r.get(key, "") for _, key in present] for r in data["results"]])
