@@ -121,7 +121,21 @@ def check_output(path: PathLike, inputs: Iterable = (), *, what: str = "output")
     return real
 
 
-def check_output_folder(path: PathLike, inputs: Iterable = ()) -> Path:
+def check_outputs(paths: dict[str, Optional[PathLike]], inputs: Iterable = ()) -> None:
+    """:func:`check_output` for each of a command's outputs (name -> path; None: not written),
+    and no two of them the same file."""
+    seen: dict[Path, str] = {}
+    for name, path in paths.items():
+        if path is None:
+            continue
+        real = check_output(path, inputs)
+        if real in seen:
+            raise OutputError(f"`{seen[real]}` and `{name}` are the same file {path}; give them different paths",
+                              params=(seen[real], name))
+        seen[real] = name
+
+
+def check_output_folder(path: PathLike) -> Path:
     """Check that ``path`` is a writable folder or can be created (nothing is created yet)."""
     folder = Path(path)
     if folder.exists() and not folder.is_dir():
@@ -135,8 +149,6 @@ def check_output_folder(path: PathLike, inputs: Iterable = ()) -> Path:
         raise OutputError(f"cannot create folder {folder}: {ancestor} is not a folder")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise OutputError(f"cannot write into {folder}: {ancestor} is not writable")
-    if _same_file(folder, list(inputs) + list(_protected.get())) is not None:
-        raise OutputError(f"refusing to write into {folder}: it is an input of this command")
     return folder
 
 
@@ -257,7 +269,7 @@ class OutputSet:
 
     def make_folder(self, path: PathLike) -> Path:
         """Create ``path`` (and parents) for outputs; removed again on discard if still empty."""
-        folder = check_output_folder(path, self._inputs)
+        folder = check_output_folder(path)
         missing = []
         probe = folder
         while not probe.exists():
@@ -340,8 +352,3 @@ def write_bytes_atomic(path: PathLike, data: bytes) -> Path:
 def write_text_atomic(path: PathLike, text: str) -> Path:
     """Write ``text`` as UTF-8 with ``\\n`` line endings, atomically."""
     return write_bytes_atomic(path, text.encode("utf-8"))
-
-
-def check_writable(path: PathLike, inputs: Iterable = ()) -> Path:
-    """Fail early, before a long calibration, when ``path`` cannot or must not be written."""
-    return check_output(path, inputs)

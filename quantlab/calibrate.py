@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -18,9 +17,9 @@ from pathlib import Path
 from typing import Any, Optional, Union
 
 from . import defaults
-from .atomic import OutputSet, check_output
+from .atomic import OutputSet, check_outputs
 from .collector import ActivationCollector
-from .errors import CalibratorError, DataError, OutputError, QuantlabError, StatisticsError
+from .errors import CalibratorError, DataError, QuantlabError, StatisticsError
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph, load_model
 from .histogram import DEFAULT_BINS, check_bins
@@ -260,23 +259,13 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     started = time.perf_counter()
     graph = resolve_model(model)
     data = data or DataSpec()
-    check_bins(bins)
     header = make_header(trt_version, trt_algorithm or default_trt_algorithm(method, params))
     inputs = [graph.path, data.source, *(stats or ())]
-    if output is not None:
-        check_output(output, inputs)
-        table = table if table is not None else table_path_for(output)
-        check_output(table, inputs)
-        if Path(os.path.realpath(table)) == Path(os.path.realpath(output)):
-            raise OutputError(f"the cache and the table would both be written to {output}; "
-                              "give `table` another path", params=("table",))
-    elif table is not None:
+    if output is None and table is not None:
         raise QuantlabError("a table is only written beside a cache: give `output` too", params=("table", "output"))
-    if save_stats is not None:
-        check_output(save_stats, inputs)
-        if output is not None and os.path.realpath(save_stats) in (os.path.realpath(output), os.path.realpath(table)):
-            raise OutputError(f"save_stats {save_stats} is also the cache or the table; give it another path",
-                              params=("save_stats",))
+    if output is not None and table is None:
+        table = table_path_for(output)
+    check_outputs({"output": output, "table": table, "save_stats": save_stats}, inputs)
     if stats:
         statistics = merge_files(stats)
     else:
@@ -290,14 +279,24 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
         if save_stats is not None:
             outputs.add(save_stats, statistics.to_bytes())
         if output is not None:
-            cache_text = format_trt_cache(result_table.activations, header)
-            result_table.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
-            result_table.check_writable_ranges()
-            cache_path = outputs.add_text(output, cache_text)
-            table_path = outputs.add_text(table, result_table.to_json())
+            cache_path, table_path = stage_cache_and_table(outputs, result_table, header, output, table)
         outputs.commit()
     return CalibrationResult(result_table, statistics, Path(cache_path) if cache_path else None,
                              Path(table_path) if table_path else None, time.perf_counter() - started)
+
+
+def stage_cache_and_table(outputs: OutputSet, table: CalibrationTable, header: str, cache_path: Union[str, Path],
+                          table_path: Union[str, Path]) -> tuple[Path, Path]:
+    """Stage a TensorRT cache with ``header`` and its table in ``outputs`` (committed by the caller).
+
+    The table records the header and the cache's SHA-256, so a table that does not belong to the
+    cache beside it (a run killed between the two renames) is recognisable.
+    """
+    cache_text = format_trt_cache(table.activations, header)
+    table.provenance["trt_cache_header"] = header
+    table.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
+    table.check_writable_ranges()
+    return outputs.add_text(cache_path, cache_text), outputs.add_text(table_path, table.to_json())
 
 
 def table_path_for(cache_path: Union[str, Path]) -> Path:

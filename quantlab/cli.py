@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Optional
 
 from . import __version__, defaults
-from .atomic import check_output, check_output_folder, protect_inputs, reset_written, written_files
+from .atomic import check_output, protect_inputs, reset_written, written_files
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
 from .calibrate import TENSOR_SCOPES, DataSpec, calibrate, collect_statistics, resolve_model
 from .errors import QuantlabError, Terminated, respell
@@ -85,7 +85,7 @@ def _bins(text: str) -> int:
     try:
         check_bins(value)
     except QuantlabError as exc:
-        raise argparse.ArgumentTypeError(exc.render({"bins": "--bins"})) from None
+        raise argparse.ArgumentTypeError(exc.render({"bins": "the value"})) from None
     return value
 
 
@@ -347,8 +347,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
         cache = "fashion_mnist_cnn.cache"
         if not Path(cache).exists():
             raise QuantlabError("no ./fashion_mnist_cnn.cache here: run 'quantlab calibrate' first, or pass --cache")
-    if args.report:
-        check_output_folder(args.report)
     result = compare(args.model, cache, _data_spec(args), report=args.report, outputs=args.output,
                      worst=args.worst, exclude_nodes=args.exclude_nodes, exclude_ops=args.exclude_ops,
                      placement=args.placement, backend=args.backend, providers=args.provider,
@@ -358,7 +356,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
              f"(ranges: {data['ranges']['format']} {data['ranges']['file']})",
-             f"  input: {respell(data['data']['scaling'], _flag_spelling(args.command_parser))}"]
+             f"  input: {_spelled(args, data['data']['scaling'])}"]
     for o in data["outputs"]:
         parts = [f"{label} {o[key]:.4f}" for label, key in (
             ("top-1 FP32", "fp32_top1"), ("top-1 INT8", "int8_top1"), ("agreement", "top1_agreement"),
@@ -373,7 +371,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     lines.append(f"  latency batch 1 (median): FP32 {data['latency']['fp32_ms']:.3f} ms, "
                  f"INT8 {data['latency']['int8_ms']:.3f} ms")
     lines.append(f"  INT8 arithmetic: {data['execution']['verdict']}")
-    lines += [f"  {respell(note, _flag_spelling(args.command_parser))}" for note in data["notes"]]
+    lines += [f"  {_spelled(args, note)}" for note in data["notes"]]
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
     _emit(args, data, "\n".join(lines))
@@ -385,13 +383,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.eval_data is None and args.model is not None:
         raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
-    if args.report:
-        check_output_folder(args.report)
     calib = _data_spec(args)
     heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
                        args.batch_size, args.seed)
     data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
-                 trt_version=_version_arg(args.trt_version), providers=args.provider, bins=args.bins,
+                 trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
                  threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
                  zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, metric=args.metric,
                  metric_params=_parse_params(args.metric_params, "--metric-param"), progress=not args.quiet)
@@ -402,7 +398,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if r.get("score") is not None and r.get("score_name") not in ("int8_top1", "top1_agreement", "sqnr_db"):
             parts.append(f"{r['score_name']} {r['score']:.4f}")
         lines.append(f"  {r['rank']}. {r['method']:24s} " + ", ".join(parts))
-    lines += [f"  {note}" for note in data["notes"]]
+    lines += [f"  {_spelled(args, note)}" for note in data["notes"]]
     if "picked" in data:
         lines.append(f"  picked {data['picked']['method']}: {data['picked']['cache']}, {data['picked']['qdq_model']}")
     if args.report:
@@ -550,7 +546,7 @@ def cmd_cache_inspect(args: argparse.Namespace) -> int:
 
 def cmd_cache_lint(args: argparse.Namespace) -> int:
     graph = load_model(args.model) if args.model else None
-    version = _version_arg(args.trt_version) if args.trt_version else None
+    version = parse_version(args.trt_version) if args.trt_version else None
     report = lint_ranges(read_ranges(args.file), graph, version)
     lines = [f"{report['file']}: {report['status']} ({report['entries']} entries)"]
     for f in report["findings"]:
@@ -599,10 +595,6 @@ def cmd_cache_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def _version_arg(text: str) -> tuple:
-    return parse_version(text)
-
-
 def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.list_methods:
         for info in list_calibrators():
@@ -612,7 +604,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         for info in list_dataset_adapters():
             print(f"{info.name:12s} {info.target}  ({info.distribution})")
         return 0
-    trt_version = _version_arg(args.trt_version)
+    trt_version = parse_version(args.trt_version)
     model_path = Path(args.model) if args.model else defaults.MODEL
     output = args.output or f"{model_path.stem}.cache"
     graph = resolve_model(args.model)
@@ -625,7 +617,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     )
     table = result.table
     amax = sorted(table.activations.values())
-    spelling = _flag_spelling(args.command_parser)
     data = {"model": str(model_path), "method": table.method, "params": table.params,
             "cache": str(result.cache_path), "cache_header": table.provenance["trt_cache_header"],
             "table": str(result.table_path), "activations": len(table.activations), "weights": len(table.weights),
@@ -637,7 +628,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
              f"  weights     : {len(table.weights)} tensors, per output channel",
              f"  samples     : {result.statistics.num_samples}"]
     if result.statistics.scaling:
-        lines.append(f"  input       : {respell(result.statistics.scaling, spelling)}")
+        lines.append(f"  input       : {_spelled(args, result.statistics.scaling)}")
     graph_notes = list(result.table.provenance["model"].get("normalisation", []))
     if graph.data_independent:
         graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "
@@ -651,7 +642,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     lines += [f"  time        : {result.seconds:.2f} s",
               f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
               f"  table       : {result.table_path}"]
-    lines += [f"  note: {name}: {respell(note, spelling)}" for name, note in list(table.notes.items())[:5]]
+    lines += [f"  note: {name}: {_spelled(args, note)}" for name, note in list(table.notes.items())[:5]]
     if args.tensors == "qdq":
         lines.append("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 "
                      "explicit INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
@@ -687,13 +678,16 @@ def _flag_spelling(parser: argparse.ArgumentParser) -> dict[str, str]:
         longs = [o for o in action.option_strings if o.startswith("--")]
         if longs:
             spelling[action.dest] = longs[0]
-    aliases = {"source": "data", "params": "param", "outputs": "output", "data_format": "data_format",
-               "metric_params": "metric_params",
-               "eval_data": "eval_data", "heldout": "eval_data"}
+    aliases = {"source": "data", "params": "param", "outputs": "output", "heldout": "eval_data"}
     for name, dest in aliases.items():
         if dest in spelling and name not in spelling:
             spelling[name] = spelling[dest]
     return spelling
+
+
+def _spelled(args: argparse.Namespace, text: str) -> str:
+    """Library text (Python parameter names) as this command's user reads it (its flags)."""
+    return respell(text, _flag_spelling(args.command_parser))
 
 
 def _inputs_of(args: argparse.Namespace) -> list:

@@ -44,9 +44,11 @@ KERNEL_MIN_VALUES = 200_000_000
 
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
                  threads: int = 0, spinning: bool = True,
-                 config: Optional[dict[str, str]] = None, optimize: bool = True) -> ort.InferenceSession:
+                 config: Optional[dict[str, str]] = None, optimize: bool = True,
+                 optimized_model_path: Optional[str] = None) -> ort.InferenceSession:
     """An ONNX Runtime session on the given providers (CPU by default), checked to exist;
-    ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine)."""
+    ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine);
+    ``optimized_model_path``: where ONNX Runtime saves the graph it will actually run."""
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
@@ -65,6 +67,8 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
         options.add_session_config_entry(key, value)
     if not optimize:  # the graph exactly as written (quantlab.evaluation.engine's INT8 arithmetic)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if optimized_model_path:
+        options.optimized_model_filepath = optimized_model_path
     try:
         return ort.InferenceSession(model_bytes, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own exception types

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, QuantlabError
 
 Sample = tuple  # (np.ndarray | dict[str, np.ndarray], Optional[int])
 
@@ -402,30 +402,32 @@ def _iterable(value: Any) -> bool:
     return True
 
 
-def _load_callable(source: str) -> Callable[[], Any]:
+def _load_callable(source: str, param: str = "source", kind: str = "function",
+                   error: type[QuantlabError] = DataError) -> Callable[[], Any]:
+    """The object ``module:name`` or ``path/file.py:name`` names; errors are ``error``s naming the
+    parameter ``param`` it was given as (data sources here, metric plugins elsewhere)."""
     module_name, _, attr = source.rpartition(":")
     if module_name.endswith(".py"):
         if not Path(module_name).is_file():
-            raise DataError(f"no such file {module_name} (in `source` {source!r}); check the path",
-                            params=("source",))
+            raise error(f"no such file {module_name} (in `{param}` {source!r}); check the path", params=(param,))
         module_spec = importlib.util.spec_from_file_location(Path(module_name).stem, module_name)
         if module_spec is None or module_spec.loader is None:
-            raise DataError(f"cannot load {module_name} as a Python file (in `source` {source!r}); check the path",
-                            params=("source",))
+            raise error(f"cannot load {module_name} as a Python file (in `{param}` {source!r}); check the path",
+                        params=(param,))
         load = lambda: _exec(module_spec)  # noqa: E731
     else:
         load = lambda: importlib.import_module(module_name)  # noqa: E731
     try:
         module = load()
     except ImportError as exc:
-        raise DataError(f"cannot import {module_name!r} (in `source` {source!r}): {exc}; check the module name "
-                        "and that it is importable (installed, or on PYTHONPATH)", params=("source",)) from exc
+        raise error(f"cannot import {module_name!r} (in `{param}` {source!r}): {exc}; check the module name "
+                    "and that it is importable (installed, or on PYTHONPATH)", params=(param,)) from exc
     except Exception as exc:  # the user's module failed while running its top level
-        raise DataError(f"importing {module_name} raised {type(exc).__name__}: {exc}; fix that module") from exc
+        raise error(f"importing {module_name} raised {type(exc).__name__}: {exc}; fix that module") from exc
     function = getattr(module, attr, None)
     if not callable(function):
-        raise DataError(f"{module_name} has no callable named {attr!r}; name a function it defines "
-                        "(module:function)")
+        raise error(f"{module_name} has no {kind} named {attr!r}; name a {kind} it defines (module:{attr})",
+                    params=(param,))
     return function
 
 

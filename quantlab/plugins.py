@@ -12,7 +12,6 @@ define ``calibrate(stats)`` to use more than the histogram (``max`` uses the exa
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any, Protocol, runtime_checkable
@@ -108,6 +107,8 @@ def get_dataset_adapter(name: str) -> type:
 
 def detect_dataset_adapter(source: str) -> type:
     """The first installed adapter (in a fixed preference order) that recognises ``source``."""
+    from .data import check_source_exists
+
     eps = _entry_points(DATASET_GROUP)
     preferred = ["npy", "idx", "callable", "images"]
     order = [n for n in preferred if n in eps] + sorted(n for n in eps if n not in preferred)
@@ -115,8 +116,7 @@ def detect_dataset_adapter(source: str) -> type:
         cls = eps[name].load()
         if cls.detect(source):
             return cls
-    if not os.path.exists(source) and ":" not in source:
-        raise DataError(f"data path {source!r} does not exist; check `data`", params=("data",))
+    check_source_exists(source)
     raise DataError(
         f"cannot tell what kind of data {source!r} is (not a .npy/.npz file, an IDX file, "
         "an image folder or module:function); check the path or pass --data-format"

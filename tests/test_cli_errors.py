@@ -122,7 +122,8 @@ def test_a_start_bin_beyond_the_histogram_is_not_called_a_bug(tmp_path):
 
 
 def test_a_missing_data_file_says_it_does_not_exist(tmp_path):
-    fails_cleanly(tmp_path, "calibrate", MODEL, "--data", "missing.npz", match="does not exist")
+    fails_cleanly(tmp_path, "calibrate", MODEL, "--data", "missing.npz",
+                  match="no such file or folder missing.npz; check the path given as --data")
 
 
 def test_a_missing_python_file_for_data_says_no_such_file(tmp_path):

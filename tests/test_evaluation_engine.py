@@ -42,8 +42,7 @@ def test_running_batches_in_slices_changes_no_number(quantized):
     graph, model = quantized
     held = HeldOut(graph, DataSpec(num_samples=96, batch_size=32))
     whole = evaluate(OrtRunner(graph.model), {"q": OrtRunner(model)}, held.batches(), ["logits"])["q"]
-    sliced = evaluate(OrtRunner(graph.model, max_samples=5), {"q": OrtRunner(model, max_samples=5)},
-                      held.batches(), ["logits"])["q"]
+    sliced = evaluate(OrtRunner(graph.model), {"q": OrtRunner(model)}, held.batches(), ["logits"], per_run=5)["q"]
     assert whole.outputs == sliced.outputs
 
 

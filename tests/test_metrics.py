@@ -157,7 +157,7 @@ def test_a_missing_metric_file_is_named_as_the_metric_option(tmp_path):
 
 def test_something_that_is_not_a_metric_class_is_refused(tmp_path):
     (tmp_path / "mymetric.py").write_text(PLUGIN)
-    with pytest.raises(QuantlabError, match="has no callable named 'not_a_metric'.*metric class"):
+    with pytest.raises(QuantlabError, match="has no metric class named 'not_a_metric'; name a metric class it defines"):
         metric_class(f"{tmp_path / 'mymetric.py'}:not_a_metric")
     with pytest.raises(QuantlabError, match="is not a metric class .it lacks update, merge, result"):
         metric_class("math:sqrt")

@@ -72,6 +72,13 @@ class HeldOut:
     def __len__(self) -> int:
         return len(self.indices)
 
+    def activation_sizes(self, providers: Optional[Sequence[str]] = None) -> tuple[dict[str, int], int]:
+        """Bytes per sample of each activation (measured on the first sample) and the samples one
+        run may take within the activation budget (:func:`~quantlab.evaluation.engine.samples_per_run`)."""
+        first = next(self.batches(limit=1, batch_size=1))
+        sizes = activation_bytes(self.graph.model, self.graph.activations, first.inputs, providers)
+        return sizes, samples_per_run(sizes)
+
     def batches(self, fingerprint: Optional[DataFingerprint] = None, limit: Optional[int] = None,
                 batch_size: Optional[int] = None):
         """Preprocessed batches (the first ``limit`` samples only, if given), fingerprinted."""
@@ -140,7 +147,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     if worst < 0:
         raise QuantlabError(f"`worst` must be 0 or more, got {worst}", params=("worst",))
     if report is not None:
-        check_output_folder(report, [graph.path, data.source, cache if not isinstance(cache, RangeFile) else None])
+        check_output_folder(report)
     ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
     weights = None
     if ranges.format == "quantlab":
@@ -155,24 +162,23 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     internal = [name for name in graph.activations if name not in inputs and name not in output_names]
     heldout = HeldOut(graph, data)
     first = next(heldout.batches(limit=1, batch_size=1))
-    sizes = activation_bytes(graph.model, graph.activations, first.inputs, providers)
-    per_run = samples_per_run(sizes)
-    fp32 = OrtRunner(graph.model, (), providers, max_samples=per_run)
+    sizes, per_run = heldout.activation_sizes(providers)
+    fp32 = OrtRunner(graph.model, (), providers)
     if backend == "tensorrt":
         internal = []  # an engine exposes its outputs only
         int8 = _tensorrt_runner(qdq_bytes)
     elif backend == "onnxruntime":
-        int8 = OrtRunner(qdq_model, (), providers, int8_arithmetic, max_samples=per_run)
+        int8 = OrtRunner(qdq_model, (), providers, int8_arithmetic)
     else:
         raise QuantlabError(f"unknown backend {backend!r} (onnxruntime or tensorrt)", params=("backend",))
     fingerprint = DataFingerprint()
     with tqdm(total=len(heldout), unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
         result = evaluate(fp32, {"int8": int8}, heldout.batches(fingerprint), output_names, progress=bar,
-                          metric=metric, metric_params=metric_params)["int8"]
+                          metric=metric, metric_params=metric_params, per_run=per_run)["int8"]
     tensor_limit = min(len(heldout), tensor_samples)
     if internal and tensor_limit:
         errors = tensor_errors(graph.model, qdq_model, internal, lambda: heldout.batches(limit=tensor_limit),
-                               providers=providers, arithmetic=int8_arithmetic, max_samples=per_run, sizes=sizes)
+                               providers=providers, arithmetic=int8_arithmetic, per_run=per_run, sizes=sizes)
     else:
         errors = TensorErrors([], {}, 0)
     overlap = _overlap(ranges, fingerprint)

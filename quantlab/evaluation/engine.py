@@ -54,38 +54,37 @@ def check_arithmetic(arithmetic: str) -> str:
     return arithmetic
 
 
-def session_options(arithmetic: str = "tensorrt") -> dict[str, str]:
-    """ONNX Runtime session config entries for an INT8 arithmetic (none for ``onnxruntime``)."""
-    check_arithmetic(arithmetic)
-    return {"session.disable_quant_qdq": "1"} if arithmetic == "tensorrt" else {}
+def session_settings(arithmetic: str, quantized: bool) -> dict:
+    """:func:`~quantlab.collector.make_session` settings of a model under an INT8 arithmetic.
+
+    Under ``tensorrt`` a Q/DQ model runs with ONNX Runtime's Q/DQ fusions and graph optimizations
+    off: every op as written, no fusion into integer kernels and no float rewrite such as folding a
+    BatchNormalization into the Conv before it (that moves float rounding past the Q/DQ points:
+    0.12 dB on PP-OCRv5's classifier). A float model always runs optimized: only rounding changes.
+    """
+    faithful = check_arithmetic(arithmetic) == "tensorrt"
+    return {"config": {"session.disable_quant_qdq": "1"} if faithful else {},
+            "optimize": not (faithful and quantized)}
 
 
-def optimizes(arithmetic: str) -> bool:
-    """Whether ONNX Runtime may rewrite the graph: not under ``tensorrt``, where every op runs as
-    written (no Q/DQ fusion into integer kernels, and no float rewrite such as folding a
-    BatchNormalization into the Conv before it, which moves float rounding past the Q/DQ points:
-    0.12 dB on PP-OCRv5's classifier)."""
-    return check_arithmetic(arithmetic) != "tensorrt"
+def _is_quantized(model: onnx.ModelProto) -> bool:
+    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
 
 
 class OrtRunner:
     """An ONNX Runtime session returning the model outputs plus any extra tensors asked for.
 
-    ``arithmetic`` decides how a Q/DQ model computes (module docstring); it changes nothing for
-    a float model. ``max_samples``: the most samples one run should take (see :func:`slices`).
+    ``arithmetic`` decides how a Q/DQ model computes (:func:`session_settings`); it changes
+    nothing for a float model. Cut batches into runs with :func:`slices` first.
     """
 
     def __init__(self, model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
-                 providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt",
-                 max_samples: Optional[int] = None):
+                 providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt"):
         self.arithmetic = check_arithmetic(arithmetic)
         self.model = add_outputs(model, list(extra_outputs)) if extra_outputs else model
-        quantized = any(node.op_type == "QuantizeLinear" for node in self.model.graph.node)
         self.session = make_session(self.model.SerializeToString(), providers,
-                                    config=session_options(arithmetic),
-                                    optimize=optimizes(arithmetic) or not quantized)
+                                    **session_settings(arithmetic, _is_quantized(self.model)))
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.max_samples = max_samples
 
     def run(self, inputs: dict) -> dict[str, np.ndarray]:
         """The outputs of one run of ``inputs`` (slice batches first with :func:`slices`)."""
@@ -173,19 +172,19 @@ class Evaluation:
 
 def evaluate(reference: OrtRunner, candidates: dict[str, OrtRunner], batches: Iterable,
              outputs: Sequence[str], progress=None, *, metric: str = "auto",
-             metric_params: Optional[dict] = None) -> dict[str, Evaluation]:
+             metric_params: Optional[dict] = None, per_run: Optional[int] = None) -> dict[str, Evaluation]:
     """Every candidate against one reference, in a single pass over ``batches``.
 
     The reference runs once per batch however many candidates there are; the runners return
     the model outputs only, so the numbers are those of exactly the graphs a user would build.
     ``metric``: a metric plugin's name or ``module:Class`` (:mod:`quantlab.evaluation.metrics`);
-    ``auto`` picks one from the outputs' shapes at the first batch.
+    ``auto`` picks one from the outputs' shapes at the first batch. ``per_run``: the most
+    samples one ONNX Runtime run takes (:func:`samples_per_run`).
     """
     metrics: dict[str, object] = {}
     chosen = metric
     samples = 0
-    size = min([r.max_samples for r in (reference, *candidates.values()) if r.max_samples] or [0]) or None
-    for batch in slices(batches, size):
+    for batch in slices(batches, per_run):
         ref = reference.run(batch.inputs)
         if not metrics:
             if metric == "auto":
@@ -220,7 +219,7 @@ class TensorErrors:
 
 def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, names: Sequence[str],
                   batches: Callable[[], Iterator], *, group: int = 32, providers: Optional[Sequence[str]] = None,
-                  arithmetic: str = "tensorrt", max_samples: Optional[int] = None,
+                  arithmetic: str = "tensorrt", per_run: Optional[int] = None,
                   sizes: Optional[dict[str, int]] = None) -> TensorErrors:
     """SQNR of every tensor in ``names``, a group of tensors per pass over ``batches()``
     (:func:`tensor_groups`: ``group`` at a time, or by their ``sizes`` within the budget).
@@ -235,11 +234,11 @@ def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, name
     histograms: dict[str, TensorHistogram] = {}
     samples = 0
     names = list(names)
-    for chosen in tensor_groups(names, sizes, max_samples or 1, group=group):
-        fp32 = OrtRunner(fp32_model, chosen, providers, max_samples=max_samples)
-        int8 = OrtRunner(int8_model, chosen, providers, arithmetic, max_samples=max_samples)
+    for chosen in tensor_groups(names, sizes, per_run or 1, group=group):
+        fp32 = OrtRunner(fp32_model, chosen, providers)
+        int8 = OrtRunner(int8_model, chosen, providers, arithmetic)
         samples = 0
-        for batch in slices(batches(), max_samples):
+        for batch in slices(batches(), per_run):
             ref, got = fp32.run(batch.inputs), int8.run(batch.inputs)
             for name in chosen:
                 r = ref[name].astype(np.float64, copy=False)
@@ -252,19 +251,11 @@ def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, name
     return TensorErrors(rows, histograms, samples)
 
 
-def optimized_op_counts(model_bytes: bytes, arithmetic: str = "tensorrt") -> dict[str, int]:
-    """Op types of ONNX Runtime's optimised graph of a model, under ``arithmetic``."""
-    import onnxruntime as ort
-
+def optimized_op_counts(model: onnx.ModelProto, arithmetic: str = "tensorrt") -> dict[str, int]:
+    """Op types of the graph ONNX Runtime actually runs for ``model`` under ``arithmetic``."""
     with tempfile.TemporaryDirectory() as folder:
-        options = ort.SessionOptions()
-        options.optimized_model_filepath = f"{folder}/optimized.onnx"
-        options.log_severity_level = 3
-        for key, value in session_options(arithmetic).items():
-            options.add_session_config_entry(key, value)
-        if not optimizes(arithmetic):
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        make_session(model.SerializeToString(), optimized_model_path=f"{folder}/optimized.onnx",
+                     **session_settings(arithmetic, _is_quantized(model)))
         optimized = onnx.load(f"{folder}/optimized.onnx")
     counts: dict[str, int] = {}
     for node in optimized.graph.node:
@@ -275,7 +266,7 @@ def optimized_op_counts(model_bytes: bytes, arithmetic: str = "tensorrt") -> dic
 def execution_verdict(qdq_model: onnx.ModelProto, arithmetic: str) -> dict:
     """How the INT8 numbers were computed: which arithmetic, and how many quantized ops ONNX
     Runtime fused into its own integer kernels ("N of M quantized ops fused")."""
-    counts = optimized_op_counts(qdq_model.SerializeToString(), arithmetic)
+    counts = optimized_op_counts(qdq_model, arithmetic)
     integer = {op: n for op, n in counts.items()
                if op.startswith(INTEGER_OP_PREFIXES) or op.endswith(INTEGER_OP_SUFFIXES)}
     quantized = sum(1 for node in qdq_model.graph.node if node.op_type in QUANTIZED_OP_TYPES

@@ -7,7 +7,6 @@ are, bit for bit, the ones ``compare`` gives for the same ranges.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -18,15 +17,23 @@ from typing import Optional, Union
 from tqdm import tqdm
 
 from ..atomic import OutputSet, check_output_folder
-from ..calibrate import DataSpec, _is_default_model, calibrate_statistics, collect_statistics, resolve_model
+from ..calibrate import (
+    DataSpec,
+    _is_default_model,
+    calibrate_statistics,
+    collect_statistics,
+    default_trt_algorithm,
+    resolve_model,
+    stage_cache_and_table,
+)
 from ..errors import DataError, QuantlabError
-from ..formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
+from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
 from ..histogram import DEFAULT_BINS
 from ..preprocess import DataFingerprint
 from ..qdq import export_qdq
 from ..report import Report, bar_figure, histogram_figure
 from .compare import HeldOut, _outputs, method_label
-from .engine import OrtRunner, activation_bytes, check_arithmetic, evaluate, samples_per_run
+from .engine import OrtRunner, check_arithmetic, evaluate
 
 SWEEP_METHODS = (
     ("max", {}),
@@ -59,7 +66,7 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     if pick not in (None, "best"):
         raise QuantlabError(f"pick must be 'best' or None, got {pick!r}", params=("pick",))
     if report is not None:
-        check_output_folder(report, [graph.path, calib.source, heldout.source])
+        check_output_folder(report)
     started = time.perf_counter()
     stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
                                progress=progress)
@@ -72,16 +79,12 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
     fingerprint = DataFingerprint()
     held = HeldOut(graph, heldout)
-    first = next(held.batches(limit=1, batch_size=1))
-    sizes = activation_bytes(graph.model, graph.activations, first.inputs, providers)
-    per_run = samples_per_run(sizes)
-    candidates = {label: OrtRunner(qdq_model, (), providers, int8_arithmetic, max_samples=per_run)
-                  for label, qdq_model in models.items()}
+    _, per_run = held.activation_sizes(providers)
+    candidates = {label: OrtRunner(qdq_model, (), providers, int8_arithmetic) for label, qdq_model in models.items()}
     with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
               file=sys.stderr) as bar:
-        results = evaluate(OrtRunner(graph.model, (), providers, max_samples=per_run), candidates,
-                           held.batches(fingerprint), output_names, progress=bar, metric=metric,
-                           metric_params=metric_params)
+        results = evaluate(OrtRunner(graph.model, (), providers), candidates, held.batches(fingerprint),
+                           output_names, progress=bar, metric=metric, metric_params=metric_params, per_run=per_run)
     overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
     for label, table in tables.items():
         main = results[label].outputs[0]
@@ -116,13 +119,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         if pick == "best":
             folder = files.make_folder(report)
             winner = tables[best["method"]]
-            header = make_header(trt_version, _algorithm(best["name"]))
-            cache_text = format_trt_cache(winner.activations, header)
-            winner.provenance["trt_cache_header"] = header
-            winner.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
-            winner.check_writable_ranges()
-            files.add_text(folder / "best.cache", cache_text)
-            files.add_text(folder / "best.quantlab.json", winner.to_json())
+            header = make_header(trt_version, default_trt_algorithm(winner.method, winner.params))
+            stage_cache_and_table(files, winner, header, folder / "best.cache", folder / "best.quantlab.json")
             files.add(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
             data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),
                               "table": str(folder / "best.quantlab.json"), "qdq_model": str(folder / "best.qdq.onnx")}
@@ -130,10 +128,6 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
             _sweep_report(data, stats, tables).write(report, files)
         files.commit()
     return data
-
-
-def _algorithm(method: str) -> str:
-    return "MinMaxCalibration" if method == "max" else "EntropyCalibration2"
 
 
 def _rank_key(row: dict):

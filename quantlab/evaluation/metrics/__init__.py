@@ -53,7 +53,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ...data import _load_callable
-from ...errors import DataError, QuantlabError
+from ...errors import QuantlabError
 from ...plugins import PluginInfo, _describe, _entry_points, _parameter_names
 from .base import Metric, sqnr_db
 
@@ -79,12 +79,7 @@ def metric_class(spec: str) -> type:
     Errors name the Python parameter ``metric`` (the CLI's ``--metric``).
     """
     if ":" in spec:
-        try:
-            loaded = _load_callable(spec)
-        except DataError as exc:  # its wording names the data option; say metric instead
-            raise QuantlabError(str(exc).replace("`source`", "`metric`").replace(
-                "name a function it defines (module:function)", "name a metric class it defines (module:Class)"),
-                params=("metric",)) from exc
+        loaded = _load_callable(spec, param="metric", kind="metric class", error=QuantlabError)
     else:
         entry_points = _entry_points(METRIC_GROUP)
         if spec not in entry_points:
