@@ -165,16 +165,17 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if constants or folded:
         del graph.node[:]
         graph.node.extend(kept)
-        used = {name for node in graph.node for name in node.input} | {o.name for o in graph.output}
-        unused = [init for init in graph.initializer if init.name not in used and init.name not in graph_inputs]
-        for init in unused:
-            graph.initializer.remove(init)
+        used = _names_used(graph) | {o.name for o in graph.output} | graph_inputs
+        kept_inits = [init for init in graph.initializer if init.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept_inits)
         if work.ir_version < 4:  # initializers had to be graph inputs before IR 4
             work.ir_version = 4
         if constants:
             notes.append(f"{constants} Constant node(s) read as initializers")
         if folded:
-            notes.append(f"{folded} Identity/Cast/Reshape/Transpose node(s) of constants folded into their weight")
+            notes.append(f"{folded} {'/'.join(sorted(FOLDABLE_OPS))} node(s) of constants folded into the "
+                         "constant they compute")
 
     dynamic = 0
     for vi in graph.input:
@@ -187,6 +188,19 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if dynamic:
         notes.append(f"{dynamic} input dimension(s) written as -1 or 0 read as dynamic")
     return work, notes
+
+
+def _names_used(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node reads, in ``graph`` and in the subgraphs of its If/Loop/Scan nodes
+    (which may read the outer graph's initializers)."""
+    used = set()
+    for node in graph.node:
+        used.update(name for name in node.input if name)
+        for attribute in node.attribute:
+            for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
+                        attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
+                used |= _names_used(sub)
+    return used
 
 
 def _constant_value(node: onnx.NodeProto) -> Optional[np.ndarray]:

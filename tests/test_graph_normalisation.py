@@ -245,3 +245,20 @@ def test_a_weight_shared_by_two_convs_is_quantized_once_and_used_by_both(tmp_pat
     assert report.quantized_weights == ["W"]
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] == convs[1].input[1] == "W_weight_dequantized"
+
+
+def test_an_initializer_read_only_inside_a_subgraph_survives_normalisation(tmp_path):
+    then_branch = helper.make_graph([helper.make_node("Add", ["x", "offset"], ["then_out"])], "then", [],
+                                    [out("then_out", 2)])
+    else_branch = helper.make_graph([helper.make_node("Identity", ["x"], ["else_out"])], "else", [],
+                                    [out("else_out", 2)])
+    nodes = [helper.make_node("Constant", [], ["flag"], value=numpy_helper.from_array(np.array(True), "f")),
+             helper.make_node("If", ["flag"], ["y"], then_branch=then_branch, else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+                              [out("y", 2)], [numpy_helper.from_array(np.ones(4, np.float32), "offset")])
+    loaded = load_model(save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path))
+    assert "offset" in {init.name for init in loaded.model.graph.initializer}
+    x = RNG.random((2, 4), dtype=np.float32)
+    result = ort.InferenceSession(loaded.model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_allclose(result, x + 1)
