@@ -8,18 +8,26 @@ The CLI (:mod:`quantlab.cli`) is a thin layer over these functions.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Union
+
+import numpy as np
+from tqdm import tqdm
 
 from . import defaults
 from .atomic import OutputSet, check_outputs
 from .collector import ActivationCollector
 from .errors import CalibratorError, DataError, QuantlabError, StatisticsError
+from .executors import Executor, executor_scope, plan_shards, report_progress
+from .executors.shipping import ModelRef, portable_source, worker_cached
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph, load_model
 from .histogram import DEFAULT_BINS, check_bins
@@ -84,9 +92,19 @@ def resolve_model(model: Optional[ModelSource]) -> ModelGraph:
 
 def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: int = DEFAULT_BINS,
                        providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                       tensors: str = "all", progress: bool = True) -> Statistics:
+                       tensors: str = "all", progress: bool = True,
+                       executor: Union[Executor, str, None] = None) -> Statistics:
     """Run the FP32 model over the selected samples and return statistics of ``tensors``
-    (a scope of :func:`select_tensors`)."""
+    (a scope of :func:`select_tensors`).
+
+    The samples are cut into shards of whole batches (:func:`~quantlab.executors.plan_shards`),
+    each shard -> :class:`Statistics` on a worker of ``executor`` (``local``, the default: this
+    process; ``processes``; ``ray``; a name or an :class:`~quantlab.executors.Executor`), merged in
+    shard order. Histograms on the power-of-two grid and the sample fingerprint merge exactly, so
+    the result is the same, byte for byte, for every executor and worker count. Workers open the
+    data themselves (:class:`CollectShard`); ``threads``: histogram threads of each worker
+    (default: its share of the CPUs).
+    """
     graph = resolve_model(model)
     check_bins(bins)
     check_batch_size(data.batch_size)
@@ -94,29 +112,146 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     source = data.source if data.source is not None else defaults.CALIBRATION_DATA
     if data.source is None and model is not None and not _is_default_model(graph):
         raise DataError("no calibration data given for this model: set `data` (a path or a dataset)", params=("data",))
-    dataset = open_dataset(source, data.data_format, graph)
-    indices = select_indices(len(dataset), data.num_samples, data.seed)
-    batch_size = data.batch_size
-    fixed = graph.inputs[0].fixed_batch if graph.inputs else None
-    if fixed is not None and fixed != batch_size:
-        if len(indices) % fixed:
-            raise DataError(
-                f"the model's batch size is fixed at {fixed}; use a sample count that is a "
-                f"multiple of it (num_samples), or export the model with a dynamic batch axis",
-                params=("num_samples",))
-        batch_size = fixed
-    if threads is not None and threads < 1:
-        raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
-    collector = ActivationCollector(graph, select_tensors(graph, tensors), bins=bins, providers=providers,
-                                    threads=threads)
-    shapes: dict[str, list] = {}
-    batches = _recording_shapes(iterate_batches(dataset, indices, graph.inputs, data.preprocess, batch_size), shapes)
-    stats = collector.collect(batches, total=len(indices), progress=progress)
-    stats.input_shapes = shapes
+    select_tensors(graph, tensors)  # an unknown scope is refused before any work
+    spec = replace(data, source=portable_source(source))
+    ref = ModelRef.of(graph)
+    with executor_scope(executor) as runner:
+        described = runner.map(describe_samples, [DataTask(ref, spec)])[0]
+        batch_size = data.batch_size
+        fixed = graph.inputs[0].fixed_batch if graph.inputs else None
+        if fixed is not None and fixed != batch_size:
+            if described.count % fixed:
+                raise DataError(
+                    f"the model's batch size is fixed at {fixed}; use a sample count that is a "
+                    f"multiple of it (num_samples), or export the model with a dynamic batch axis",
+                    params=("num_samples",))
+            batch_size = fixed
+        if threads is not None and threads < 1:
+            raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
+        shards = plan_shards(described.count, batch_size, runner.shards(-(-described.count // batch_size)))
+        tasks = [CollectShard(ref, spec, start, stop, batch_size, bins, tuple(providers or ()) or None, tensors,
+                              threads or runner.task_threads, runner.task_threads) for start, stop in shards]
+        stats: Optional[Statistics] = None
+        bar = tqdm(total=described.count, unit="sample", desc="collecting", disable=not progress, file=sys.stderr,
+                   dynamic_ncols=True)
+        with bar, contextlib.closing(runner.imap(collect_shard, tasks, bar.update)) as parts:
+            for part in parts:  # in shard order, as they arrive: the driver holds one shard's histograms at a time
+                if stats is None:
+                    stats = part
+                else:
+                    stats.merge(part)
+                    _merge_shapes(stats.input_shapes, part.input_shapes)
     if graph.inputs:
-        spec = graph.inputs[0]
-        stats.scaling = describe_scaling(first_sample_dtype(dataset, indices, spec.name), spec, data.preprocess)
+        stats.scaling = describe_scaling(described.first_dtype, graph.inputs[0], data.preprocess)
     return stats
+
+
+@dataclass
+class DataTask:
+    """A data set as a worker opens it: the model (for the adapter's settings) and the data spec."""
+
+    model: ModelRef
+    data: DataSpec
+
+    def open(self):
+        """The data set opened in this process (kept for the next shard of the same data)."""
+        graph = self.model.load()
+        source, data_format = self.data.source, self.data.data_format
+        if not isinstance(source, (str, Path)):  # a data set object travelled with the task
+            return open_dataset(source, data_format, graph)
+        return worker_cached("dataset", (str(source), data_format, graph.sha256),
+                             lambda: open_dataset(source, data_format, graph))
+
+    def selection(self, dataset) -> np.ndarray:
+        """The seeded selection of sample indices, the same on every worker."""
+        return select_indices(len(dataset), self.data.num_samples, self.data.seed)
+
+
+@dataclass
+class SampleCount:
+    count: int  # samples selected (num_samples of the data set's length, by seed)
+    first_dtype: Any  # dtype of the first selected sample's first input (how it is scaled)
+
+
+@dataclass
+class CollectShard:
+    """The work unit of collection: samples ``[start, stop)`` of the seeded selection -> Statistics."""
+
+    model: ModelRef
+    data: DataSpec
+    start: int
+    stop: int
+    batch_size: int
+    bins: int
+    providers: Optional[tuple]
+    tensors: str
+    threads: Optional[int]  # histogram threads (None: every CPU)
+    ort_threads: Optional[int]  # ONNX Runtime intra-op threads (None: its default, every core)
+
+
+def describe_samples(task: DataTask) -> SampleCount:
+    """On a worker: how many samples the spec selects, and the first one's dtype (for the summary)."""
+    dataset = task.open()
+    indices = task.selection(dataset)
+    graph = task.model.load()
+    dtype = first_sample_dtype(dataset, indices, graph.inputs[0].name) if graph.inputs else None
+    return SampleCount(len(indices), dtype)
+
+
+def collect_shard(task: CollectShard) -> Statistics:
+    """On a worker: the statistics of one shard (reports its samples with ``report_progress``)."""
+    graph = task.model.load()
+    data = DataTask(task.model, task.data)
+    dataset = data.open()
+    indices = data.selection(dataset)[task.start:task.stop]
+    with _session_threads(task.ort_threads):
+        collector = ActivationCollector(graph, select_tensors(graph, task.tensors), bins=task.bins,
+                                        providers=task.providers, threads=task.threads)
+    shapes: dict[str, list] = {}
+    batches = _recording_shapes(iterate_batches(dataset, indices, graph.inputs, task.data.preprocess,
+                                                task.batch_size), shapes)
+    stats = collector.collect(_reported(batches), total=len(indices), progress=False)
+    stats.input_shapes = shapes
+    return stats
+
+
+@contextlib.contextmanager
+def _session_threads(threads: Optional[int]) -> Iterator[None]:
+    """ONNX Runtime sessions made in this block use ``threads`` intra-op threads (None: its default).
+
+    Workers sharing a machine must split its cores: ONNX Runtime's default is one thread per core
+    *per session*, so 16 workers would run 256 threads on 16 cores. The collector makes its session
+    through :func:`quantlab.collector.make_session`, which takes the count; only workers of a
+    parallel executor (one task at a time per process) set it, never the driver.
+    """
+    if not threads:
+        yield
+        return
+    from . import collector as module
+
+    original = module.make_session
+    module.make_session = functools.partial(original, threads=threads)
+    try:
+        yield
+    finally:
+        module.make_session = original
+
+
+def _reported(batches: Iterable) -> Iterator:
+    """Pass batches through, reporting each one's samples as progress once the next is asked for."""
+    for batch in batches:
+        yield batch
+        report_progress(len(batch.indices))
+
+
+def _merge_shapes(shapes: dict, other: dict) -> None:
+    """Fold a later shard's input shapes in: the first 8 distinct shapes in sample order, as one
+    process would have noted them (:func:`_recording_shapes`)."""
+    for name, seen_there in other.items():
+        seen = shapes.setdefault(name, [])
+        for shape in seen_there:
+            if shape not in seen and len(seen) < 8:
+                seen.append(shape)
 
 
 def _recording_shapes(batches: Iterable, shapes: dict) -> Iterator:
@@ -157,8 +292,13 @@ def _is_default_model(graph: ModelGraph) -> bool:
 
 def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "entropy",
                          params: Optional[dict] = None, *, allow_nonfinite: bool = False,
-                         zero_amax: Optional[float] = None) -> CalibrationTable:
+                         zero_amax: Optional[float] = None, data: Optional[DataSpec] = None,
+                         progress: bool = False) -> CalibrationTable:
     """Turn statistics into a table: amax per activation (by ``method``) and per weight channel.
+
+    ``method="auto"`` chooses per tensor among every built-in method by the error each range
+    causes downstream (:mod:`quantlab.tune.auto`); it reads samples again, so it needs ``data``,
+    the calibration data the statistics came from (``params``: ``samples``, how many).
 
     Degenerate tensors are decided here, never written silently:
     * NaN/Inf seen in a tensor: an error unless ``allow_nonfinite``, which calibrates it from
@@ -171,6 +311,8 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
             f"the statistics were collected on another model (sha256 {stats.model_sha256[:12]}..., "
             f"this model {graph.sha256[:12]}...); collect them again for this model"
         )
+    if method == "auto":
+        return _auto_table(graph, stats, params, data, allow_nonfinite, zero_amax, progress)
     calibrator = get_calibrator(method, **(params or {}))
     bad = {n: h for n, h in stats.tensors.items() if h.nan_count or h.inf_count}
     if bad and not allow_nonfinite:
@@ -227,7 +369,31 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
     return CalibrationTable(method, used_params, activations, weight_ranges(graph), provenance, notes)
 
 
+def _auto_table(graph: ModelGraph, stats: Statistics, params: Optional[dict], data: Optional[DataSpec],
+                allow_nonfinite: bool, zero_amax: Optional[float], progress: bool) -> CalibrationTable:
+    from .tune.auto import DEFAULT_SAMPLES, choose_ranges
+
+    if data is None or (data.source is None and not _is_default_model(graph)):
+        raise DataError("method 'auto' judges ranges on calibration samples, so it needs the calibration data "
+                        "the statistics came from: give `data` too", params=("data",))
+    params = dict(params or {})
+    samples = params.pop("samples", DEFAULT_SAMPLES)
+    if params:
+        raise CalibratorError(f"method 'auto' takes only the parameter samples, not {', '.join(sorted(params))}")
+    try:
+        samples = int(samples)
+    except (TypeError, ValueError):
+        raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}") from None
+    if samples < 1:
+        raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples}")
+    table, _ = choose_ranges(graph, stats, data, samples=samples, allow_nonfinite=allow_nonfinite,
+                             zero_amax=zero_amax, progress=progress)
+    return table
+
+
 def default_trt_algorithm(method: str, params: Optional[dict] = None) -> str:
+    if method == "auto":  # its ranges come from several methods; TensorRT reads any of them alike
+        return "EntropyCalibration2"
     calibrator = get_calibrator(method, **(params or {}))
     return getattr(calibrator, "trt_algorithm", "EntropyCalibration2")
 
@@ -249,12 +415,14 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
               trt_version: tuple = DEFAULT_TRT_VERSION, trt_algorithm: Optional[str] = None,
               bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
               threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
-              zero_amax: Optional[float] = None, progress: bool = True) -> CalibrationResult:
+              zero_amax: Optional[float] = None, progress: bool = True,
+              executor: Union[Executor, str, None] = None) -> CalibrationResult:
     """Calibrate ``model`` (the embedded default when None) and write the cache and table.
 
     ``output`` is the TensorRT cache path (``None``: no files); ``table`` the JSON table path
     (default: next to the cache, ``<stem>.quantlab.json``). ``stats`` skips collection and
-    calibrates from statistics files (merged when several).
+    calibrates from statistics files (merged when several). ``executor`` runs the collection
+    (:func:`collect_statistics`; the cache is the same, byte for byte, whichever runs it).
     """
     started = time.perf_counter()
     graph = resolve_model(model)
@@ -269,10 +437,10 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     if stats:
         statistics = merge_files(stats)
     else:
-        statistics = collect_statistics(graph, data, bins=bins, providers=providers,
-                                        threads=threads, tensors=tensors, progress=progress)
-    result_table = calibrate_statistics(graph, statistics, method, params,
-                                        allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+        statistics = collect_statistics(graph, data, bins=bins, providers=providers, threads=threads,
+                                        tensors=tensors, progress=progress, executor=executor)
+    result_table = calibrate_statistics(graph, statistics, method, params, allow_nonfinite=allow_nonfinite,
+                                        zero_amax=zero_amax, data=data, progress=progress)
     result_table.provenance["trt_cache_header"] = header
     cache_path = table_path = None
     with OutputSet(inputs) as outputs:

@@ -21,6 +21,7 @@ from .atomic import check_output, protect_inputs, reset_written, written_files
 from .cachetool import diff_ranges, inspect_ranges, lint_ranges
 from .calibrate import TENSOR_SCOPES, DataSpec, calibrate, collect_statistics, resolve_model
 from .errors import QuantlabError, Terminated, respell
+from .executors import EXECUTORS
 from .formats.ranges import FORMATS, header_for_conversion, read_ranges, write_ranges
 from .formats.trtcache import DEFAULT_TRT_VERSION, parse_version
 from .graph import load_model
@@ -128,6 +129,34 @@ def _add_collection_arguments(parser: argparse.ArgumentParser) -> None:
                        "results do not depend on it")
 
 
+def _add_executor_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the work runs (collect, calibrate, sweep, tune): the results are the same, byte for byte."""
+    group = parser.add_argument_group("executor (the results are the same, byte for byte, on every one)")
+    group.add_argument("--executor", choices=EXECUTORS, default="local",
+                       help="local (default): this process; processes: a pool of processes on this machine; "
+                       "ray: a Ray cluster (pip install 'quantlab[ray]')")
+    group.add_argument("--workers", type=_count(1), metavar="N",
+                       help="tasks at a time (default: one per CPU of this machine, or of the Ray cluster); "
+                       "each gets its share of the CPUs")
+    group.add_argument("--address", metavar="ADDR",
+                       help="the Ray cluster: auto, host:6379 or ray://head:10001 (default: $RAY_ADDRESS, else a "
+                       "Ray instance started for this command); every node must see the model and data paths")
+
+
+def _executor(args: argparse.Namespace):
+    """The executor the command's flags ask for (a context manager: its workers stop at the end)."""
+    from .executors import get_executor
+
+    return get_executor(args.executor, args.workers, args.address)
+
+
+def _executor_line(executor) -> Optional[str]:
+    """The summary line that says how many workers ran and where (none for the default, local)."""
+    if executor.name == "local":
+        return None
+    return f"  executor    : {executor.describe()}; {executor.ran()}"
+
+
 def _add_metric_arguments(parser: argparse.ArgumentParser, *flags: str) -> None:
     parser.add_argument("--metric", *[f for f in flags if f != "--metric"], dest="metric", default="auto",
                         metavar="NAME", help="metric plugin: classification, detection, dense, fidelity, "
@@ -187,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
                                      "and turn them into INT8 ranges.",
                          epilog=EPILOG_CALIBRATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     cal.add_argument("model", nargs="?", help="ONNX model (default: the embedded Fashion-MNIST CNN)")
-    cal.add_argument("--method", default="entropy", help="calibration method (default entropy; "
+    cal.add_argument("--method", default="entropy", help="calibration method (default entropy; auto: per "
+                     "tensor, the method whose range causes the least error in the layers reading it; "
                      "see --list-methods)")
     cal.add_argument("--param", action="append", metavar="NAME=VALUE",
                      help="method parameter, e.g. p=99.9 for percentile (repeatable)")
@@ -211,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
     _add_data_arguments(cal)
     _add_collection_arguments(cal)
+    _add_executor_arguments(cal)
     cal.set_defaults(func=cmd_calibrate, command_parser=cal)
 
     col = sub.add_parser("collect", help="collect activation statistics into a file",
@@ -221,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     col.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     _add_data_arguments(col)
     _add_collection_arguments(col)
+    _add_executor_arguments(col)
     col.set_defaults(func=cmd_collect, command_parser=col)
 
     mrg = sub.add_parser("merge-stats", help="merge statistics files of data shards",
@@ -310,7 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(swp)
     _add_collection_arguments(swp)
+    _add_executor_arguments(swp)
     swp.set_defaults(func=cmd_sweep, command_parser=swp)
+
+    _add_tune_command(sub)
 
     bld = sub.add_parser("build", help="build a TensorRT INT8 engine (needs TensorRT and a GPU)",
                          description="Build a TensorRT INT8 engine: from an ONNX model plus a calibration "
@@ -378,6 +413,95 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+EPILOG_TUNE = """\
+examples:
+  quantlab tune                       # the embedded model: its calibration and held-out images
+  quantlab tune model.onnx --data calib/ --eval-data heldout.npz --metric classification \\
+      --max-drop 0.5 -o model.qdq.onnx --report reports/model-tune
+  quantlab tune model.onnx --data calib/ --eval-data val/ --max-drop 1 --max-float-layers 8 \\
+      --high-precision fp32 -o model.qdq.onnx
+
+what it does: collects statistics once and picks per-tensor ranges with --method auto; scores the
+all-INT8 model on --eval-data; if the metric drops more than --max-drop percentage points below
+FP32 (top-1 accuracy when the data has labels, e.g. an .npz with x and y; top-1 agreement with FP32
+without; mAP vs FP32 for detection), ranks every quantized layer by how much leaving it alone in
+float recovers, and leaves the most sensitive in float, one at a time, re-measuring each step on
+the whole evaluation set and reverting a step that did not help.
+
+writes (-o X.qdq.onnx):
+  X.qdq.onnx        TensorRT 10/11: no Q/DQ on the fallback layers, their compute in fp16
+                    (--high-precision fp32 keeps it fp32: a strongly typed TensorRT 11 network
+                    runs an fp32 op in fp32)
+  X.cache           TensorRT <= 10: the ranges without the fallback layers' tensors; the summary
+                    prints the trtexec --layerPrecisions line that goes with it
+  X.quantlab.json   the table: per-tensor method, fallback list, the metric before and after
+"""
+
+
+def _add_tune_command(sub) -> None:
+    tune = sub.add_parser("tune", help="INT8 within an accuracy budget: auto ranges, sensitivity, float fallback",
+                          description="Calibrate with per-tensor auto ranges and leave the fewest layers in "
+                                      "higher precision that keep the metric within --max-drop points of FP32.",
+                          epilog=EPILOG_TUNE, formatter_class=argparse.RawDescriptionHelpFormatter)
+    tune.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    tune.add_argument("--eval-data", metavar="PATH", help="evaluation data, not used for calibration (default for "
+                      "the embedded model: its held-out set)")
+    tune.add_argument("--eval-num-samples", type=_count(1), metavar="N", help="use N evaluation samples "
+                      "(default: all)")
+    tune.add_argument("--max-drop", type=_number, default=0.5, metavar="POINTS",
+                      help="allowed drop of the metric against FP32, in percentage points (default 0.5)")
+    tune.add_argument("--max-float-layers", type=_count(0), metavar="N",
+                      help="leave at most N layers in float (default: no limit); the result says when the "
+                      "budget was missed")
+    tune.add_argument("--high-precision", choices=["fp16", "fp32"], default="fp16",
+                      help="precision of the fallback layers in the Q/DQ model (default fp16)")
+    tune.add_argument("--sensitivity", choices=["both", "float"], default="both",
+                      help="score each layer alone in float and alone in INT8 (both, default) or only the "
+                      "first (float: half the cost; the ranking uses it either way)")
+    tune.add_argument("--auto-samples", type=_count(1), default=64, metavar="N",
+                      help="calibration samples auto judges ranges on (default 64)")
+    tune.add_argument("-o", "--output", metavar="QDQ_ONNX", help="Q/DQ model to write; the cache and table go "
+                      "beside it (default: <model name>.tuned.qdq.onnx in the current folder)")
+    tune.add_argument("--report", metavar="DIR", help="write the report (sensitivity, search path) here")
+    tune.add_argument("--output-name", dest="outputs", action="append", default=[], metavar="NAME",
+                      help="model output the metric reads (default: all)")
+    tune.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
+                      help="TensorRT version in the cache header")
+    tune.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
+                      help="as for compare (default tensorrt)")
+    tune.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
+    tune.add_argument("--zero-amax", type=_number, metavar="VALUE", help="as for calibrate")
+    _add_metric_arguments(tune)
+    tune.add_argument("--json", action="store_true", help="print the JSON result")
+    _add_data_arguments(tune)
+    _add_collection_arguments(tune)
+    tune.set_defaults(func=cmd_tune, command_parser=tune)
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from .tune.pipeline import summary_lines, tune
+
+    if args.eval_data is None and args.model is not None:
+        raise QuantlabError("tune needs --eval-data (samples not used for calibration) for a model of your own")
+    calib = _data_spec(args)
+    heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
+                       args.batch_size, args.seed)
+    model_path = Path(args.model) if args.model else defaults.MODEL
+    output = args.output or f"{model_path.stem}.tuned.qdq.onnx"
+    data = tune(args.model, calib, heldout, max_drop=args.max_drop, max_float_layers=args.max_float_layers,
+                high_precision=args.high_precision, output=output, report=args.report, outputs=args.outputs,
+                metric=args.metric, metric_params=_parse_params(args.metric_params, "--metric-param"),
+                auto_samples=args.auto_samples, sensitivity=args.sensitivity,
+                trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
+                threads=args.threads, int8_arithmetic=args.int8_arithmetic, allow_nonfinite=args.allow_nonfinite,
+                zero_amax=args.zero_amax, progress=not args.quiet)
+    lines = [_spelled(args, line) for line in summary_lines(data)]
+    if args.report:
+        lines.append(f"  report        : {args.report}/report.md (.html, .json)")
+    _emit(args, data, "\n".join(lines))
+    return 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .evaluation.sweep import sweep
 
@@ -386,11 +510,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     calib = _data_spec(args)
     heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
                        args.batch_size, args.seed)
-    data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
-                 trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
-                 threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
-                 zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, metric=args.metric,
-                 metric_params=_parse_params(args.metric_params, "--metric-param"), progress=not args.quiet)
+    with _executor(args) as executor:
+        data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
+                     trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
+                     threads=args.threads, tensors=args.tensors, allow_nonfinite=args.allow_nonfinite,
+                     zero_amax=args.zero_amax, int8_arithmetic=args.int8_arithmetic, metric=args.metric,
+                     metric_params=_parse_params(args.metric_params, "--metric-param"), progress=not args.quiet,
+                     executor=executor)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (
@@ -401,6 +527,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     lines += [f"  {_spelled(args, note)}" for note in data["notes"]]
     if "picked" in data:
         lines.append(f"  picked {data['picked']['method']}: {data['picked']['cache']}, {data['picked']['qdq_model']}")
+    if executor.name != "local":
+        lines.append(f"  executor: {data['executor']['where']}; {data['executor']['ran']}")
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
     _emit(args, data, "\n".join(lines))
@@ -599,6 +727,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.list_methods:
         for info in list_calibrators():
             print(f"{info.name:12s} {info.target}  ({info.distribution})")
+        print(f"{'auto':12s} quantlab.tune.auto:choose_ranges  (per tensor, among the methods above; --param samples=N)")
         return 0
     if args.list_formats:
         for info in list_dataset_adapters():
@@ -608,13 +737,14 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model_path = Path(args.model) if args.model else defaults.MODEL
     output = args.output or f"{model_path.stem}.cache"
     graph = resolve_model(args.model)
-    result = calibrate(
-        graph, _data_spec(args), method=args.method, params=_parse_params(args.param),
-        output=output, table=args.table, stats=args.stats, save_stats=args.save_stats,
-        trt_version=trt_version, trt_algorithm=args.trt_algorithm, bins=args.bins, threads=args.threads,
-        tensors=args.tensors, providers=args.provider, allow_nonfinite=args.allow_nonfinite, zero_amax=args.zero_amax,
-        progress=not args.quiet,
-    )
+    with _executor(args) as executor:
+        result = calibrate(
+            graph, _data_spec(args), method=args.method, params=_parse_params(args.param),
+            output=output, table=args.table, stats=args.stats, save_stats=args.save_stats,
+            trt_version=trt_version, trt_algorithm=args.trt_algorithm, bins=args.bins, threads=args.threads,
+            tensors=args.tensors, providers=args.provider, allow_nonfinite=args.allow_nonfinite,
+            zero_amax=args.zero_amax, progress=not args.quiet, executor=executor,
+        )
     table = result.table
     amax = sorted(table.activations.values())
     data = {"model": str(model_path), "method": table.method, "params": table.params,
@@ -629,6 +759,12 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
              f"  samples     : {result.statistics.num_samples}"]
     if result.statistics.scaling:
         lines.append(f"  input       : {_spelled(args, result.statistics.scaling)}")
+    if "auto" in table.provenance:
+        auto = table.provenance["auto"]
+        counts = ", ".join(f"{label} {n}" for label, n in sorted(auto["chosen_counts"].items(), key=lambda i: -i[1]))
+        lines.append(f"  chosen      : {counts} (per tensor, by the error it causes downstream on "
+                     f"{auto['samples']} calibration samples; the table says which)")
+        data["chosen_counts"] = auto["chosen_counts"]
     graph_notes = list(result.table.provenance["model"].get("normalisation", []))
     if graph.data_independent:
         graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "
@@ -639,6 +775,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
                            f"({shown}{' ...' if len(graph.unquantizable_weights) > 3 else ''}; export-qdq says why)")
     if graph_notes:
         lines.append("  graph       : " + "; ".join(graph_notes))
+    if _executor_line(executor) and not args.stats:
+        lines.append(_executor_line(executor))
+        data["executor"] = {"where": executor.describe(), "ran": executor.ran()}
     lines += [f"  time        : {result.seconds:.2f} s",
               f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
               f"  table       : {result.table_path}"]
@@ -652,12 +791,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     check_output(args.output)
-    stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads, tensors=args.tensors,
-                               providers=args.provider, progress=not args.quiet)
+    with _executor(args) as executor:
+        stats = collect_statistics(args.model, _data_spec(args), bins=args.bins, threads=args.threads,
+                                   tensors=args.tensors, providers=args.provider, progress=not args.quiet,
+                                   executor=executor)
     stats.save(args.output)
     data = {"output": str(args.output), "tensors": len(stats.tensors), "samples": stats.num_samples,
             "bins": stats.bins, "input_scaling": stats.scaling}
-    _emit(args, data, f"collected {len(stats.tensors)} tensors over {stats.num_samples} samples -> {args.output}")
+    text = f"collected {len(stats.tensors)} tensors over {stats.num_samples} samples -> {args.output}"
+    if _executor_line(executor):
+        text += "\n" + _executor_line(executor)
+        data["executor"] = {"where": executor.describe(), "ran": executor.ran()}
+    _emit(args, data, text)
     return 0
 
 

@@ -38,6 +38,7 @@ class CalibrationTable:
     weights: dict[str, WeightRange] = field(default_factory=dict)
     provenance: dict = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # tensor -> why its amax is special
+    methods: dict[str, str] = field(default_factory=dict)  # tensor -> the method that chose it (``auto``)
 
     def scales(self) -> dict[str, float]:
         """scale = amax / 127 as float32 (what TensorRT and Q/DQ store)."""
@@ -53,6 +54,7 @@ class CalibrationTable:
             "provenance": self.provenance,
             "activations": {
                 name: {"amax": amax, "scale": scales[name],
+                       **({"method": self.methods[name]} if name in self.methods else {}),
                        **({"note": self.notes[name]} if name in self.notes else {})}
                 for name, amax in self.activations.items()
             },
@@ -84,6 +86,7 @@ class CalibrationTable:
         try:
             activations = {n: float(e["amax"]) for n, e in data["activations"].items()}
             notes = {n: e["note"] for n, e in data["activations"].items() if "note" in e}
+            methods = {n: e["method"] for n, e in data["activations"].items() if "method" in e}
             weights = {
                 n: WeightRange(e["op"], int(e["axis"]), np.asarray(e["amax"], dtype=np.float64))
                 for n, e in data.get("weights", {}).items()
@@ -91,7 +94,7 @@ class CalibrationTable:
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheFormatError(f"{source}: malformed table entry ({exc})") from exc
         return cls(data.get("method", "?"), data.get("params", {}), activations, weights,
-                   data.get("provenance", {}), notes)
+                   data.get("provenance", {}), notes, methods)
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationTable:

@@ -14,8 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Optional, Union
 
-from tqdm import tqdm
-
 from ..atomic import OutputSet, check_output_folder
 from ..calibrate import (
     DataSpec,
@@ -27,13 +25,13 @@ from ..calibrate import (
     stage_cache_and_table,
 )
 from ..errors import DataError, QuantlabError
+from ..executors import Executor, uses_executor
 from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
 from ..histogram import DEFAULT_BINS
-from ..preprocess import DataFingerprint
 from ..qdq import export_qdq
 from ..report import Report, bar_figure, histogram_figure
-from .compare import HeldOut, _outputs, method_label
-from .engine import OrtRunner, check_arithmetic, evaluate
+from .compare import _outputs, method_label
+from .engine import QdqCandidate, check_arithmetic, evaluate_sharded
 
 SWEEP_METHODS = (
     ("max", {}),
@@ -42,18 +40,25 @@ SWEEP_METHODS = (
     ("percentile", {"p": 99.99}),
     ("percentile", {"p": 99.999}),
     ("mse", {}),
+    ("auto", {}),
 )
 
 
+@uses_executor
 def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
           methods: Sequence[tuple] = SWEEP_METHODS, report: Optional[Union[str, Path]] = None,
           pick: Optional[str] = None, outputs: Sequence[str] = (),
           trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
           bins: int = DEFAULT_BINS, threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
           zero_amax: Optional[float] = None, int8_arithmetic: str = "tensorrt", metric: str = "auto",
-          metric_params: Optional[dict] = None, progress: bool = True) -> dict:
+          metric_params: Optional[dict] = None, progress: bool = True,
+          executor: Union[Executor, str, None] = None) -> dict:
     """Calibrate every method on one collection and rank them on held-out data (``int8_arithmetic``
-    as for :func:`quantlab.evaluation.compare.compare`)."""
+    as for :func:`quantlab.evaluation.compare.compare`).
+
+    ``executor`` (``local``, ``processes``, ``ray`` or an :class:`~quantlab.executors.Executor`) runs
+    the collection and the evaluation in shards merged in a fixed order: the ranking and every
+    number are the same, bit for bit, whichever executor runs them."""
     check_arithmetic(int8_arithmetic)
     graph = resolve_model(model)
     calib = calib or DataSpec()
@@ -69,22 +74,19 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         check_output_folder(report)
     started = time.perf_counter()
     stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
-                               progress=progress)
+                               progress=progress, executor=executor)
     output_names = _outputs(graph, outputs)
     rows, tables, models = [], {}, {}
     for method, params in methods:
         label = method_label(method, params)
         tables[label] = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
-                                             zero_amax=zero_amax)
+                                             zero_amax=zero_amax, data=calib, progress=progress)
         models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
-    fingerprint = DataFingerprint()
-    held = HeldOut(graph, heldout)
-    _, per_run = held.activation_sizes(providers)
-    candidates = {label: OrtRunner(qdq_model, (), providers, int8_arithmetic) for label, qdq_model in models.items()}
-    with tqdm(total=len(held), unit="sample", desc=f"evaluating {len(candidates)} methods", disable=not progress,
-              file=sys.stderr) as bar:
-        results = evaluate(OrtRunner(graph.model, (), providers), candidates, held.batches(fingerprint),
-                           output_names, progress=bar, metric=metric, metric_params=metric_params, per_run=per_run)
+    candidates = {label: QdqCandidate(table.activations, table.weights, model=models[label])
+                  for label, table in tables.items()}
+    results, fingerprint = evaluate_sharded(graph, heldout, candidates, output_names, executor, providers=providers,
+                                            arithmetic=int8_arithmetic, metric=metric, metric_params=metric_params,
+                                            progress=progress, desc=f"evaluating {len(candidates)} methods")
     overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
     for label, table in tables.items():
         main = results[label].outputs[0]
@@ -110,6 +112,8 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         "results": ranked,
         "best": best["method"],
         "seconds": time.perf_counter() - started,
+        "executor": {"name": executor.name, "workers": executor.workers, "where": executor.describe(),
+                     "ran": executor.ran()},
         "notes": [],
     }
     if best.get("overlap_with_calibration"):

@@ -1,0 +1,136 @@
+"""``processes``: a pool of worker processes on this machine, each with its share of the cores.
+
+Why processes and not threads: ONNX Runtime releases the GIL, but everything around a run (reading
+and preprocessing samples, the numpy histogram path, the metrics) holds it; separate processes share
+nothing. Workers are *spawned* (a fresh interpreter each), never forked from a driver that already
+runs ONNX Runtime and tqdm threads. Each task is told to use ``cpus // workers`` threads
+(:attr:`task_threads`), so ``workers`` processes fill the machine without oversubscribing it.
+
+Faults: when a worker dies (SIGKILL, ``os._exit``, out of memory), ``concurrent.futures`` breaks the
+whole pool and fails every unfinished task with ``BrokenProcessPool``; this executor then starts a
+fresh pool and submits those tasks again, at most :data:`~quantlab.executors.MAX_RETRIES` times per
+run. Ctrl-C and SIGTERM: workers ignore SIGINT (the terminal sends it to the whole process group);
+the driver cancels what has not started and kills the workers, so no task outlives the command.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any, Optional
+
+from ..errors import QuantlabError
+from . import MAX_RETRIES, Executor, Failure, check_picklable, in_order, run_task
+
+
+def _ignore_interrupts() -> None:
+    """Worker initializer: Ctrl-C is the driver's to handle (it stops the workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _cpus() -> int:
+    from ..collector import available_cpus
+
+    return available_cpus()
+
+
+class ProcessExecutor(Executor):
+    name = "processes"
+
+    def __init__(self, workers: Optional[int] = None):
+        super().__init__()
+        cpus = _cpus()
+        self.workers = workers or cpus
+        self.task_threads = max(1, cpus // self.workers)
+        self._cpus = cpus
+        self._pool: Optional[ProcessPoolExecutor] = None
+
+    def describe(self) -> str:
+        return (f"{self.workers} process{'' if self.workers == 1 else 'es'} on this machine "
+                f"({self._cpus} CPUs, {self.task_threads} thread{'' if self.task_threads == 1 else 's'} each)")
+
+    def _fresh_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_interrupts)
+
+    def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
+             progress: Optional[Callable[[int], Any]] = None) -> Iterator[Any]:
+        tasks = list(tasks)
+        return in_order(self._completed(fn, tasks, progress), len(tasks))
+
+    def _completed(self, fn, tasks: list, progress) -> Iterator[tuple[int, Any]]:
+        """(index, result) of every task as it completes; pools that break are replaced."""
+        check_picklable(fn, tasks, self.name)
+        if self._pool is None:
+            self._pool = self._fresh_pool()
+        todo = list(range(len(tasks)))
+        pending: dict[Future, int] = {}
+        restarts = 0
+        finished = False
+        try:
+            while todo or pending:
+                for index in todo:
+                    pending[self._pool.submit(run_task, fn, tasks[index])] = index
+                todo = []
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                broken = []
+                for future in done:
+                    index = pending.pop(future)
+                    try:
+                        outcome = future.result()
+                    except BrokenProcessPool:
+                        broken.append(index)
+                        continue
+                    if isinstance(outcome, Failure):
+                        raise outcome.error()
+                    yield index, self._record(outcome, progress)
+                if broken:
+                    # Every unfinished task of a broken pool fails; wait for all of them to say so.
+                    for future, index in list(pending.items()):
+                        del pending[future]
+                        try:
+                            outcome = future.result()
+                        except BrokenProcessPool:
+                            broken.append(index)
+                            continue
+                        if isinstance(outcome, Failure):
+                            raise outcome.error()
+                        yield index, self._record(outcome, progress)
+                    restarts += 1
+                    if restarts > MAX_RETRIES:
+                        raise QuantlabError(
+                            f"worker processes died {restarts} times while running this work (killed, or out of "
+                            "memory?). Run with fewer `workers`, or with executor 'local' to see the "
+                            "failure in this process", params=("workers",))
+                    self._retries += len(broken)
+                    self._kill(self._pool)
+                    self._pool = self._fresh_pool()
+                    todo = sorted(broken)
+            finished = True
+        finally:
+            if not finished:  # an error, Ctrl-C, SIGTERM, or the caller stopped reading: stop everything
+                for future in pending:
+                    future.cancel()
+                self._kill(self._pool)
+                self._pool = None
+
+    @staticmethod
+    def _kill(pool: Optional[ProcessPoolExecutor]) -> None:
+        """Stop a pool now: its queued tasks cancelled, its processes killed (running tasks are not waited for)."""
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+        for process in processes:
+            process.join(timeout=5)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

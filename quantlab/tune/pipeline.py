@@ -1,0 +1,250 @@
+"""``tune``: INT8 within an accuracy budget, for both TensorRT worlds, from one calibration.
+
+    from quantlab.tune import tune
+    result = tune("model.onnx", DataSpec("calib/"), DataSpec("heldout.npz"), max_drop=0.5,
+                  output="model.qdq.onnx", report="reports/model-tune")
+
+1. collect once and choose ``auto`` ranges (:mod:`quantlab.tune.auto`);
+2. score the all-INT8 model on the evaluation data; if the drop against FP32 is already within
+   ``max_drop`` points, nothing stays in float;
+3. otherwise rank the quantized layers (:mod:`quantlab.tune.sensitivity`) and leave the most
+   sensitive in higher precision, greedily with re-checks (:mod:`quantlab.tune.search`);
+4. write the outputs: a Q/DQ ONNX without Q/DQ on the fallback layers (TensorRT 10/11; in
+   ``fp16`` their float compute is float16, as a strongly typed TensorRT 11 network runs an fp32 op
+   in fp32), a TensorRT cache without the fallback layers' tensors with the matching ``trtexec
+   --layerPrecisions`` line (TensorRT <= 10), the table, and a report.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Optional, Union
+
+from ..atomic import OutputSet, check_output_folder, check_outputs
+from ..calibrate import (
+    DataSpec,
+    _is_default_model,
+    calibrate_statistics,
+    collect_statistics,
+    resolve_model,
+    stage_cache_and_table,
+)
+from ..errors import DataError, QuantlabError
+from ..evaluation.compare import HeldOut, _outputs, method_label
+from ..evaluation.engine import check_arithmetic
+from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
+from ..histogram import DEFAULT_BINS
+from ..report import Report, bar_figure
+from .auto import AUTO, AUTO_CANDIDATES, DEFAULT_SAMPLES
+from .precision import float16_layers, trt_cache_without, trtexec_command
+from .search import drop_points, search
+from .sensitivity import Scorer, analyse, first_sqnr, headline, quantized_layers, variant
+
+HIGH_PRECISIONS = ("fp16", "fp32")
+
+
+def tuned_paths(output: Union[str, Path]) -> dict[str, Path]:
+    """The files beside the Q/DQ model ``X.qdq.onnx`` (or ``X.onnx``): ``X.cache`` and ``X.quantlab.json``."""
+    path = Path(output)
+    stem = path.name[:-len(".qdq.onnx")] if path.name.endswith(".qdq.onnx") else path.stem
+    return {"qdq_model": path, "cache": path.with_name(stem + ".cache"),
+            "table": path.with_name(stem + ".quantlab.json")}
+
+
+def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
+         max_drop: float = 0.5, max_float_layers: Optional[int] = None, high_precision: str = "fp16",
+         output: Optional[Union[str, Path]] = None, report: Optional[Union[str, Path]] = None,
+         outputs: Sequence[str] = (), metric: str = "auto", metric_params: Optional[dict] = None,
+         auto_samples: int = DEFAULT_SAMPLES, sensitivity: str = "both", trt_version: tuple = DEFAULT_TRT_VERSION,
+         providers: Optional[Sequence[str]] = None, bins: int = DEFAULT_BINS, threads: Optional[int] = None,
+         int8_arithmetic: str = "tensorrt", allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
+         progress: bool = True) -> dict:
+    """Calibrate with ``auto`` ranges and leave the fewest layers in float that bring the metric's
+    drop against FP32 within ``max_drop`` percentage points on ``heldout``; write the outputs
+    (``output``: the Q/DQ model; the cache and table beside it, :func:`tuned_paths`)."""
+    started = time.perf_counter()
+    check_arithmetic(int8_arithmetic)
+    if high_precision not in HIGH_PRECISIONS:
+        raise QuantlabError(f"`high_precision` must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}",
+                            params=("high_precision",))
+    if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
+        raise QuantlabError(f"`max_drop` must be a number of percentage points >= 0, got {max_drop!r}",
+                            params=("max_drop",))
+    if max_float_layers is not None and max_float_layers < 0:
+        raise QuantlabError(f"`max_float_layers` must be >= 0, got {max_float_layers}", params=("max_float_layers",))
+    if sensitivity not in ("both", "float"):
+        raise QuantlabError(f"`sensitivity` must be 'both' or 'float', got {sensitivity!r}", params=("sensitivity",))
+    graph = resolve_model(model)
+    calib = calib or DataSpec()
+    heldout = heldout or DataSpec()
+    if calib.source is None and not _is_default_model(graph):
+        raise DataError("no calibration data given for this model: set `data`", params=("data",))
+    paths = tuned_paths(output) if output is not None else {}
+    inputs = [graph.path, calib.source, heldout.source]
+    check_outputs(dict(paths), inputs)
+    if report is not None:
+        check_output_folder(report)
+
+    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress)
+    table = calibrate_statistics(graph, stats, AUTO, {"samples": auto_samples}, allow_nonfinite=allow_nonfinite,
+                                 zero_amax=zero_amax, data=calib, progress=progress)
+    base_model = variant(graph, table, [])
+    layers = quantized_layers(base_model)
+    if not layers:
+        raise QuantlabError("the model has no named Conv/ConvTranspose/Gemm/MatMul layer to quantize, so there is "
+                            "nothing to tune")
+    limit = len(layers) if max_float_layers is None else min(max_float_layers, len(layers))
+
+    held = HeldOut(graph, heldout)
+    _, per_run = held.activation_sizes(providers)
+    scorer = Scorer(graph, held, _outputs(graph, outputs), metric, metric_params, int8_arithmetic, providers,
+                    per_run, progress)
+    singles = {}
+    for method, params in AUTO_CANDIDATES:
+        label = method_label(method, params)
+        single = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
+                                      zero_amax=zero_amax)
+        singles[label] = variant(graph, single, [])
+    first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto and every method")
+    base = first[AUTO]
+    score, reference, score_name = headline(base)
+    overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
+
+    analysis = None
+    if drop_points(base) <= max_drop or limit == 0:
+        fallback, final_eval, met, path = [], base, drop_points(base) <= max_drop, []
+    else:
+        analysis = analyse(graph, table, scorer, layers, base, only_quantized=sensitivity == "both")
+        found = search(analysis.ranking, base, lambda chosen: variant(graph, table, chosen), scorer, max_drop, limit)
+        fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
+
+    fallback_model = variant(graph, table, fallback)
+    cache_ranges = trt_cache_without(table.activations, fallback_model, fallback)
+    written, written_eval = fallback_model, final_eval
+    if high_precision == "fp16" and fallback:
+        written = float16_layers(fallback_model, fallback)
+        written_eval = scorer.score({"written": written}, desc="scoring the fp16 model")["written"]
+
+    data = {
+        "kind": "tune",
+        "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256},
+        "calibration": {"samples": stats.num_samples, "fingerprint": stats.fingerprint.hexdigest},
+        "heldout": {"samples": base.samples, "overlap_with_calibration": overlap},
+        "metric": {"name": base.metric.get("metric"), "score_name": score_name, "fp32": reference},
+        "max_drop": max_drop, "max_float_layers": limit, "high_precision": high_precision,
+        "int8_arithmetic": int8_arithmetic,
+        "auto": {"chosen_counts": table.provenance["auto"]["chosen_counts"],
+                 "winner": table.provenance["auto"]["winner"]},
+        "quantized_layers": len(layers),
+        "all_int8": {"score": score, "drop": drop_points(base), "sqnr_db": first_sqnr(base)},
+        "single_methods": {label: {"score": headline(first[label])[0], "drop": drop_points(first[label]),
+                                   "sqnr_db": first_sqnr(first[label])} for label in singles},
+        "fallback": fallback,
+        "final": {"score": headline(final_eval)[0], "drop": drop_points(final_eval), "sqnr_db": first_sqnr(final_eval)},
+        "written": {"score": headline(written_eval)[0], "drop": drop_points(written_eval),
+                    "sqnr_db": first_sqnr(written_eval), "high_precision": high_precision},
+        "met": met and drop_points(written_eval) <= max_drop,
+        "search": path,
+        "sensitivity": analysis.rows if analysis else [],
+        "ranking": analysis.ranking if analysis else [],
+        "passes_over_eval_data": scorer.passes,
+        "notes": [],
+    }
+    if overlap:
+        data["notes"].append(f"WARNING: {overlap} evaluation samples were also calibration samples; the accuracy "
+                             "numbers are optimistic")
+    if not data["met"]:
+        data["notes"].append(f"the budget of {max_drop} points was not met: the best reached is a drop of "
+                             f"{data['written']['drop']:.2f} points with {len(fallback)} float layer(s)"
+                             + (f" (the limit, max_float_layers, is {limit})" if len(fallback) >= limit else ""))
+    if paths:
+        data["outputs"] = {k: str(v) for k, v in paths.items()}
+        data["trtexec"] = trtexec_command(str(graph.path or "model.onnx"), str(paths["cache"]), fallback,
+                                          high_precision=high_precision)
+    data["seconds"] = time.perf_counter() - started
+
+    with OutputSet(inputs) as files:
+        if paths:
+            table.activations = cache_ranges
+            table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
+                                                                   "all_int8", "final", "written", "met", "trtexec")}
+            header = make_header(trt_version, "EntropyCalibration2")
+            stage_cache_and_table(files, table, header, paths["cache"], paths["table"])
+            files.add(paths["qdq_model"], written.SerializeToString())
+        if report is not None:
+            _tune_report(data).write(report, files)
+        files.commit()
+    return data
+
+
+def _tune_report(data: dict) -> Report:
+    name = Path(data["model"]["path"] or "model").name
+    doc = Report(f"Tune: {name} within {data['max_drop']} points of FP32", data=data)
+    metric = data["metric"]
+    verdict = "met" if data["met"] else "NOT met"
+    doc.paragraph(f"Metric {metric['name']} ({metric['score_name']}; FP32 {metric['fp32']:.4f}) on "
+                  f"{data['heldout']['samples']} evaluation samples, INT8 arithmetic {data['int8_arithmetic']}. "
+                  f"Budget {data['max_drop']} points: **{verdict}** with {len(data['fallback'])} of "
+                  f"{data['quantized_layers']} layers in {data['high_precision']}: drop "
+                  f"{data['written']['drop']:.2f} points (all INT8: {data['all_int8']['drop']:.2f}).")
+    for note in data["notes"]:
+        doc.paragraph(note)
+    doc.heading("Against every single method (all layers INT8)")
+    rows = [["auto", data["all_int8"]["score"], data["all_int8"]["drop"], data["all_int8"]["sqnr_db"]]]
+    rows += [[label, r["score"], r["drop"], r["sqnr_db"]] for label, r in data["single_methods"].items()]
+    rows.append([f"tuned ({len(data['fallback'])} float, {data['high_precision']})", data["written"]["score"],
+                 data["written"]["drop"], data["written"]["sqnr_db"]])
+    doc.table(["ranges", metric["score_name"], "drop (points)", "SQNR dB (first output)"], rows)
+    if data["search"]:
+        doc.heading("Search path")
+        doc.table(["step", "layer", "action", "float layers", metric["score_name"], "drop (points)"],
+                  [[s["step"], s["layer"] or "(all INT8)", s["action"], s["float_layers"], s["score"], s["drop"]]
+                   for s in data["search"]])
+    if data["sensitivity"]:
+        doc.heading("Sensitivity (most sensitive first)")
+        by_layer = {r["layer"]: r for r in data["sensitivity"]}
+        ranked = [by_layer[layer] for layer in data["ranking"]]
+        headers = ["rank", "layer (TensorRT name)", "op", "score, it alone float", "SQNR dB, it alone float"]
+        has_alone = "score_int8_alone" in ranked[0]
+        if has_alone:
+            headers += ["score, it alone INT8", "SQNR dB, it alone INT8"]
+        doc.table(headers, [[k + 1, r["layer"], r["op"], r["score_float_alone"], r["sqnr_float_alone"]]
+                            + ([r["score_int8_alone"], r["sqnr_int8_alone"]] if has_alone else [])
+                            for k, r in enumerate(ranked)])
+        top = ranked[:20]
+        doc.figure(bar_figure([r["layer"].split("/")[-2] if r["layer"].count("/") > 1 else r["layer"] for r in top],
+                              {"SQNR dB gain, alone in float": [r["sqnr_gain"] for r in top]},
+                              "sensitivity.png", "The 20 most sensitive layers: SQNR of the first output gained "
+                              "by leaving each alone in float", "dB"))
+    if "trtexec" in data:
+        doc.heading("Outputs")
+        doc.paragraph(f"TensorRT 10/11 (explicit): `{data['outputs']['qdq_model']}`. TensorRT <= 10 (implicit): "
+                      f"`{data['outputs']['cache']}` with:")
+        doc.paragraph(f"`{data['trtexec']}`")
+    return doc
+
+
+def summary_lines(data: dict) -> list[str]:
+    """The CLI's summary of a tune result."""
+    metric = data["metric"]
+    lines = [f"tuned {Path(data['model']['path'] or 'model').name}: {metric['name']} "
+             f"({metric['score_name']}), FP32 {metric['fp32']:.4f}, {data['heldout']['samples']} evaluation samples",
+             "  auto ranges   : " + ", ".join(f"{k} {v}" for k, v in data["auto"]["chosen_counts"].items()),
+             f"  all INT8      : {data['all_int8']['score']:.4f} (drop {data['all_int8']['drop']:.2f} points)"]
+    best = max(data["single_methods"].items(), key=lambda item: item[1]["score"])
+    lines.append(f"  best method   : {best[0]} {best[1]['score']:.4f} (drop {best[1]['drop']:.2f})")
+    lines.append(f"  float layers  : {len(data['fallback'])} of {data['quantized_layers']} in {data['high_precision']}"
+                 + (": " + ", ".join(data["fallback"][:6]) + (" ..." if len(data["fallback"]) > 6 else "")
+                    if data["fallback"] else ""))
+    lines.append(f"  result        : {data['written']['score']:.4f} (drop {data['written']['drop']:.2f} points, "
+                 f"budget {data['max_drop']}: {'met' if data['met'] else 'NOT met'})")
+    lines.append(f"  passes        : {data['passes_over_eval_data']} over the evaluation data, {data['seconds']:.1f} s")
+    for key, path in data.get("outputs", {}).items():
+        lines.append(f"  {key:13s} : {path}")
+    if "trtexec" in data:
+        lines.append(f"  TensorRT<=10  : {data['trtexec']}")
+    lines += [f"  note: {note}" for note in data["notes"]]
+    return lines
+

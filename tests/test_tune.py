@@ -1,0 +1,249 @@
+"""``--method auto``, sensitivity, and ``tune`` under an accuracy budget, on the embedded real model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from quantlab import defaults
+from quantlab.calibrate import DataSpec, calibrate, collect_statistics, resolve_model
+from quantlab.errors import QuantlabError
+from quantlab.formats.ranges import read_ranges
+from quantlab.tune.auto import AUTO, AUTO_CANDIDATES, choose_ranges, fake_quantize
+from quantlab.tune.pipeline import tune, tuned_paths
+
+from conftest import run_cli
+
+
+def _heldout_images(count: int) -> np.ndarray:
+    raw = gzip.open(defaults.HELDOUT_DATA).read()
+    return np.frombuffer(raw, np.uint8, offset=16).reshape(-1, 1, 28, 28)[:count]
+
+
+@pytest.fixture(scope="module")
+def graph():
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="module")
+def stats(graph):
+    return collect_statistics(graph, DataSpec(), progress=False)
+
+
+@pytest.fixture(scope="module")
+def auto(graph, stats):
+    return choose_ranges(graph, stats, DataSpec(), samples=32, progress=False)
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """300 real held-out images without labels: the metric is top-1 agreement with FP32."""
+    path = tmp_path_factory.mktemp("eval") / "heldout.npz"
+    np.savez(path, x=_heldout_images(300))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tuned(graph, unlabelled, tmp_path_factory):
+    """A tune whose budget (0.4 points of agreement) all-INT8 misses on these samples (0.67 points)."""
+    out = tmp_path_factory.mktemp("tuned") / "model.qdq.onnx"
+    data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), max_drop=0.4, output=out, sensitivity="float",
+                auto_samples=16, progress=False)
+    return data, tuned_paths(out)
+
+
+def test_fake_quantize_matches_onnxruntime_quantize_dequantize():
+    x = np.linspace(-3, 3, 1001, dtype=np.float32)
+    scale = np.float32(2.0 / 127)
+    nodes = [onnx.helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]),
+             onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    model = onnx.helper.make_model(onnx.helper.make_graph(
+        nodes, "qdq", [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1001])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1001])],
+        [onnx.numpy_helper.from_array(scale, "s"), onnx.numpy_helper.from_array(np.int8(0), "z")]),
+        opset_imports=[onnx.helper.make_opsetid("", 13)])
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x})[0]
+    np.testing.assert_array_equal(fake_quantize(x, 2.0), expected)
+
+
+def test_auto_is_never_worse_at_the_outputs_than_the_best_single_method_on_calibration_samples(auto):
+    _, choice = auto
+    assert set(choice.network) == {AUTO, *choice.candidates}
+    assert choice.network[choice.winner] == min(choice.network.values())
+
+
+def test_auto_chooses_per_tensor_the_candidate_with_the_least_error(auto, graph):
+    table, choice = auto
+    for name, errors in choice.errors.items():
+        if choice.judged_by[name] == "histogram" or choice.winner == AUTO:
+            assert errors[choice.methods[name]] == min(errors.values())
+
+
+def test_auto_records_each_tensors_method_in_the_table(auto):
+    table, choice = auto
+    labels = set(choice.candidates)
+    assert set(table.methods) == set(table.activations)
+    assert set(table.methods.values()) <= labels
+    written = json.loads(table.to_json())
+    assert all(entry["method"] in labels for entry in written["activations"].values())
+
+
+def test_auto_tensors_that_feed_quantized_layers_are_judged_at_those_layers(auto, graph):
+    _, choice = auto
+    judged = {name for name, how in choice.judged_by.items() if how == "consumers"}
+    assert judged == set(graph.quantizable)
+
+
+def test_calibrate_auto_writes_an_ordinary_tensorrt_cache(tmp_path):
+    result = calibrate(method="auto", params={"samples": 16}, output=tmp_path / "m.cache", progress=False)
+    ranges = read_ranges(tmp_path / "m.cache")
+    assert ranges.format == "trt"
+    assert (tmp_path / "m.cache").read_text().startswith("TRT-8601-EntropyCalibration2")
+    assert set(ranges.amax) == set(result.table.activations)
+
+
+def test_auto_does_not_depend_on_the_batch_size():
+    one = calibrate(method="auto", params={"samples": 32}, data=DataSpec(batch_size=8), progress=False)
+    two = calibrate(method="auto", params={"samples": 32}, data=DataSpec(batch_size=32), progress=False)
+    assert one.table.activations == two.table.activations
+    assert one.table.methods == two.table.methods
+
+
+def test_auto_without_the_calibration_data_is_refused(tmp_path):
+    copy = tmp_path / "copy.onnx"
+    copy.write_bytes(defaults.MODEL.read_bytes())
+    graph = resolve_model(copy)
+    stats = collect_statistics(graph, DataSpec(str(defaults.CALIBRATION_DATA), num_samples=32), progress=False)
+    stats.save(tmp_path / "s.npz")
+    with pytest.raises(QuantlabError, match="needs the calibration data"):
+        calibrate(graph, stats=[tmp_path / "s.npz"], method="auto", progress=False)
+
+
+def test_auto_refuses_parameters_it_does_not_take():
+    with pytest.raises(QuantlabError, match="only the parameter samples"):
+        calibrate(method="auto", params={"p": 99}, progress=False)
+
+
+def test_auto_candidates_cover_every_built_in_method():
+    assert {method for method, _ in AUTO_CANDIDATES} == {"entropy", "mse", "percentile", "max"}
+
+
+def test_tune_meets_a_reachable_budget(tuned):
+    data, _ = tuned
+    assert data["all_int8"]["drop"] > 0.4  # the budget binds: all INT8 misses it
+    assert data["met"]
+    assert data["fallback"]
+    assert data["written"]["drop"] <= 0.4
+
+
+def test_tune_keeps_only_fallback_steps_that_helped(tuned):
+    data, _ = tuned
+    kept = [step for step in data["search"] if step["action"] == "kept"]
+    assert [step["layer"] for step in kept] == data["fallback"]
+    scores = [data["search"][0]["score"]] + [step["score"] for step in kept]
+    assert scores == sorted(scores) and len(set(scores)) == len(scores)
+
+
+def test_tune_ranks_every_quantized_layer_by_node_name(tuned, graph):
+    data, _ = tuned
+    names = {node.name for node in graph.model.graph.node}
+    assert len(data["ranking"]) == data["quantized_layers"]
+    assert set(data["ranking"]) <= names
+
+
+def test_tuned_qdq_model_has_no_qdq_on_fallback_layers_and_runs(tuned):
+    data, paths = tuned
+    model = onnx.load(paths["qdq_model"])
+    onnx.checker.check_model(model, full_check=True)
+    dequantized = {n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    for node in model.graph.node:
+        if node.name in data["fallback"]:
+            assert not any(i in dequantized for i in node.input)
+    session = ort.InferenceSession(paths["qdq_model"].read_bytes(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {"image": (_heldout_images(4) / 255.0).astype(np.float32)})[0]
+    assert out.shape == (4, 10) and out.dtype == np.float32
+
+
+def test_tuned_fallback_layers_compute_in_fp16_by_default(tuned):
+    data, paths = tuned
+    model = onnx.load(paths["qdq_model"])
+    fp16 = {init.name for init in model.graph.initializer if init.data_type == onnx.TensorProto.FLOAT16}
+    for node in model.graph.node:
+        if node.name in data["fallback"]:
+            assert node.input[1] in fp16
+
+
+def test_tuned_cache_and_qdq_model_quantize_the_same_layer_inputs(tuned, graph):
+    data, paths = tuned
+    cache = read_ranges(paths["cache"]).amax
+    model = onnx.load(paths["qdq_model"])
+    quantized = {n.input[0] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert quantized <= set(cache)
+    fallback = set(data["fallback"])
+    only_fallback = {name for name in graph.quantizable
+                     if {n.name for n in graph.model.graph.node if name in n.input[:2]
+                         and n.op_type in ("Conv", "Gemm", "MatMul", "ConvTranspose")} <= fallback}
+    assert not (only_fallback - set(graph.output_names) - {s.name for s in graph.inputs}) & set(cache)
+
+
+def test_tuned_trtexec_line_names_every_fallback_layer(tuned):
+    data, _ = tuned
+    for layer in data["fallback"]:
+        assert f"{layer}:fp16" in data["trtexec"]
+    assert "--precisionConstraints=obey" in data["trtexec"]
+
+
+def test_tune_table_records_the_fallback_and_the_metric_before_and_after(tuned):
+    data, paths = tuned
+    table = json.loads(paths["table"].read_text())
+    assert table["method"] == "auto"
+    assert table["provenance"]["tune"]["fallback"] == data["fallback"]
+    assert table["provenance"]["tune"]["all_int8"]["drop"] > table["provenance"]["tune"]["written"]["drop"]
+
+
+def test_an_unreachable_budget_reports_the_best_reached(graph, unlabelled):
+    data = tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=64), max_drop=0.0, max_float_layers=1,
+                sensitivity="float", auto_samples=16, progress=False)
+    assert not data["met"] or data["written"]["drop"] <= 0.0
+    if not data["met"]:
+        assert len(data["fallback"]) <= 1
+        assert any("not met" in note for note in data["notes"])
+
+
+def test_a_budget_on_a_metric_that_is_not_a_fraction_is_refused(graph, unlabelled):
+    with pytest.raises(QuantlabError, match="not a fraction"):
+        tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=32), metric="fidelity", auto_samples=8,
+             progress=False)
+
+
+def test_evaluation_data_that_overlaps_the_calibration_data_is_warned_about(graph):
+    data = tune(graph, DataSpec(), DataSpec(str(defaults.CALIBRATION_DATA), num_samples=64), max_drop=100,
+                auto_samples=8, progress=False)
+    assert data["heldout"]["overlap_with_calibration"] == 64
+    assert any("also calibration samples" in note for note in data["notes"])
+
+
+def test_a_detection_metric_on_a_classifier_names_its_output_shapes():
+    with pytest.raises(QuantlabError, match=r"of logits \(32, 10\)"):
+        tune(None, DataSpec(), DataSpec(), metric="detection", auto_samples=8, progress=False)
+
+
+def test_cli_tune_runs_on_the_embedded_default_with_no_arguments(tmp_path):
+    result = run_cli("tune", "--json", "--eval-num-samples", "100", "--auto-samples", "16", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (tmp_path / "fashion_mnist_cnn.tuned.qdq.onnx").is_file()
+    assert (tmp_path / "fashion_mnist_cnn.tuned.cache").is_file()
+    assert data["outputs"]["table"].endswith("fashion_mnist_cnn.tuned.quantlab.json")
+
+
+def test_cli_tune_of_a_model_without_eval_data_is_a_one_line_error(tmp_path):
+    result = run_cli("tune", str(defaults.MODEL), "--data", str(defaults.CALIBRATION_DATA), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "--eval-data" in result.stderr and len(result.stderr.strip().splitlines()) == 1
