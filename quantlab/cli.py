@@ -458,6 +458,9 @@ def _add_tune_command(sub) -> None:
     tune.add_argument("--sensitivity", choices=["both", "float"], default="both",
                       help="score each layer alone in float and alone in INT8 (both, default) or only the "
                       "first (float: half the cost; the ranking uses it either way)")
+    tune.add_argument("--ranking-samples", type=_count(1), default=300, metavar="N",
+                      help="rank the layers' sensitivity on the first N evaluation samples (default 300); "
+                      "every search step is measured on all of them")
     tune.add_argument("--auto-samples", type=_count(1), default=64, metavar="N",
                       help="calibration samples auto judges ranges on (default 64)")
     tune.add_argument("-o", "--output", metavar="QDQ_ONNX", help="Q/DQ model to write; the cache and table go "
@@ -491,7 +494,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data = tune(args.model, calib, heldout, max_drop=args.max_drop, max_float_layers=args.max_float_layers,
                 high_precision=args.high_precision, output=output, report=args.report, outputs=args.outputs,
                 metric=args.metric, metric_params=_parse_params(args.metric_params, "--metric-param"),
-                auto_samples=args.auto_samples, sensitivity=args.sensitivity,
+                auto_samples=args.auto_samples, sensitivity=args.sensitivity, ranking_samples=args.ranking_samples,
                 trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
                 threads=args.threads, int8_arithmetic=args.int8_arithmetic, allow_nonfinite=args.allow_nonfinite,
                 zero_amax=args.zero_amax, progress=not args.quiet)
@@ -727,7 +730,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.list_methods:
         for info in list_calibrators():
             print(f"{info.name:12s} {info.target}  ({info.distribution})")
-        print(f"{'auto':12s} quantlab.tune.auto:choose_ranges  (per tensor, among the methods above; --param samples=N)")
+        print(f"{'auto':12s} quantlab.tune.auto:choose_ranges  (per tensor, among the methods above; "
+              "--param samples=N)")
         return 0
     if args.list_formats:
         for info in list_dataset_adapters():

@@ -14,7 +14,7 @@ from quantlab import defaults
 from quantlab.calibrate import DataSpec, calibrate, collect_statistics, resolve_model
 from quantlab.errors import QuantlabError
 from quantlab.formats.ranges import read_ranges
-from quantlab.tune.auto import AUTO, AUTO_CANDIDATES, choose_ranges, fake_quantize
+from quantlab.tune.auto import AUTO, AUTO_CANDIDATES, candidate_tables, choose_ranges, fake_quantize
 from quantlab.tune.pipeline import tune, tuned_paths
 
 from conftest import run_cli
@@ -74,8 +74,15 @@ def test_fake_quantize_matches_onnxruntime_quantize_dequantize():
 
 def test_auto_is_never_worse_at_the_outputs_than_the_best_single_method_on_calibration_samples(auto):
     _, choice = auto
-    assert set(choice.network) == {AUTO, *choice.candidates}
+    assert {AUTO, *choice.candidates} <= set(choice.network)
     assert choice.network[choice.winner] == min(choice.network.values())
+
+
+def test_auto_takes_each_tensors_range_from_the_method_it_records(auto, graph, stats):
+    table, _ = auto
+    singles = candidate_tables(graph, stats, AUTO_CANDIDATES)
+    for name, label in table.methods.items():
+        assert table.activations[name] == singles[label].activations[name]
 
 
 def test_auto_chooses_per_tensor_the_candidate_with_the_least_error(auto, graph):

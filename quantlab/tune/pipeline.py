@@ -39,7 +39,7 @@ from ..histogram import DEFAULT_BINS
 from ..report import Report, bar_figure
 from .auto import AUTO, AUTO_CANDIDATES, DEFAULT_SAMPLES
 from .precision import float16_layers, trt_cache_without, trtexec_command
-from .search import drop_points, search
+from .search import drop_points, search, within
 from .sensitivity import Scorer, analyse, first_sqnr, headline, quantized_layers, variant
 
 HIGH_PRECISIONS = ("fp16", "fp32")
@@ -57,13 +57,18 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
          max_drop: float = 0.5, max_float_layers: Optional[int] = None, high_precision: str = "fp16",
          output: Optional[Union[str, Path]] = None, report: Optional[Union[str, Path]] = None,
          outputs: Sequence[str] = (), metric: str = "auto", metric_params: Optional[dict] = None,
-         auto_samples: int = DEFAULT_SAMPLES, sensitivity: str = "both", trt_version: tuple = DEFAULT_TRT_VERSION,
+         auto_samples: int = DEFAULT_SAMPLES, sensitivity: str = "both", ranking_samples: Optional[int] = 300,
+         trt_version: tuple = DEFAULT_TRT_VERSION,
          providers: Optional[Sequence[str]] = None, bins: int = DEFAULT_BINS, threads: Optional[int] = None,
          int8_arithmetic: str = "tensorrt", allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
          progress: bool = True) -> dict:
     """Calibrate with ``auto`` ranges and leave the fewest layers in float that bring the metric's
     drop against FP32 within ``max_drop`` percentage points on ``heldout``; write the outputs
-    (``output``: the Q/DQ model; the cache and table beside it, :func:`tuned_paths`)."""
+    (``output``: the Q/DQ model; the cache and table beside it, :func:`tuned_paths`).
+
+    The sensitivity ranking is measured on the first ``ranking_samples`` evaluation samples (all
+    of them when None; NNCF's accuracy control ranks on 300 too); every step of the search is
+    measured on all of them."""
     started = time.perf_counter()
     check_arithmetic(int8_arithmetic)
     if high_precision not in HIGH_PRECISIONS:
@@ -113,10 +118,13 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
 
     analysis = None
-    if drop_points(base) <= max_drop or limit == 0:
-        fallback, final_eval, met, path = [], base, drop_points(base) <= max_drop, []
+    if within(base, max_drop) or limit == 0:
+        fallback, final_eval, met, path = [], base, within(base, max_drop), []
     else:
-        analysis = analyse(graph, table, scorer, layers, base, only_quantized=sensitivity == "both")
+        ranker = scorer.subset(ranking_samples)
+        ranked_base = base if ranker is scorer else ranker.score({AUTO: base_model}, desc="scoring auto")[AUTO]
+        analysis = analyse(graph, table, ranker, layers, ranked_base, only_quantized=sensitivity == "both")
+        scorer.passes += ranker.passes if ranker is not scorer else 0
         found = search(analysis.ranking, base, lambda chosen: variant(graph, table, chosen), scorer, max_drop, limit)
         fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
 
@@ -145,11 +153,12 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
         "final": {"score": headline(final_eval)[0], "drop": drop_points(final_eval), "sqnr_db": first_sqnr(final_eval)},
         "written": {"score": headline(written_eval)[0], "drop": drop_points(written_eval),
                     "sqnr_db": first_sqnr(written_eval), "high_precision": high_precision},
-        "met": met and drop_points(written_eval) <= max_drop,
+        "met": met and within(written_eval, max_drop),
         "search": path,
         "sensitivity": analysis.rows if analysis else [],
         "ranking": analysis.ranking if analysis else [],
         "passes_over_eval_data": scorer.passes,
+        "ranking_samples": min(ranking_samples or base.samples, base.samples),
         "notes": [],
     }
     if overlap:

@@ -36,10 +36,18 @@ class SearchResult:
     passes: int = 0
 
 
+TOLERANCE = 1e-9  # points: 0.914 - 0.913 is 0.10000000000000009 points in float64
+
+
 def drop_points(evaluation: Evaluation) -> float:
     """The drop of the metric's headline number against FP32, in percentage points."""
     score, reference, _ = headline(evaluation)
     return 100.0 * (reference - score)
+
+
+def within(evaluation: Evaluation, max_drop: float) -> bool:
+    """Whether the drop is within the budget (to float rounding of the fractions)."""
+    return drop_points(evaluation) <= max_drop + TOLERANCE
 
 
 def search(ranking: Sequence[str], base: Evaluation, make_model: Callable[[list[str]], onnx.ModelProto],
@@ -51,7 +59,7 @@ def search(ranking: Sequence[str], base: Evaluation, make_model: Callable[[list[
              "score": headline(base)[0], "drop": drop_points(base)}]
     passes = 0
     queue = list(ranking)
-    while drop_points(current_eval) > max_drop and queue and len(current) < max_float_layers:
+    while not within(current_eval, max_drop) and queue and len(current) < max_float_layers:
         ahead = queue[:max(1, min(lookahead, max_float_layers - len(current)))]
         sets = {f"+{k}": current + ahead[:k + 1] for k in range(len(ahead))}
         scored = scorer.score({label: make_model(layers) for label, layers in sets.items()},
@@ -68,7 +76,7 @@ def search(ranking: Sequence[str], base: Evaluation, make_model: Callable[[list[
                 break  # the later speculative sets contain this layer: score them again without it
             current = current + [layer]
             current_eval = candidate
-            if drop_points(current_eval) <= max_drop or len(current) >= max_float_layers:
+            if within(current_eval, max_drop) or len(current) >= max_float_layers:
                 break
-    met = drop_points(current_eval) <= max_drop
+    met = within(current_eval, max_drop)
     return SearchResult(current, current_eval, met, path, passes)

@@ -87,17 +87,29 @@ class Scorer:
     per_run: Optional[int] = None
     progress: bool = True
     group: int = GROUP
+    limit: Optional[int] = None  # score on the first ``limit`` evaluation samples only (a ranking subset)
 
     def __post_init__(self) -> None:
         self.fingerprint = DataFingerprint()  # of the evaluation samples, taken on the first pass
         self.reference = RecordedReference(OrtRunner(self.graph.model, (), self.providers))
         self.passes = 0
 
+    @property
+    def samples(self) -> int:
+        return min(len(self.held), self.limit or len(self.held))
+
+    def subset(self, limit: Optional[int]) -> Scorer:
+        """A scorer of the same models on the first ``limit`` samples (itself when that is all of them)."""
+        if not limit or limit >= len(self.held):
+            return self
+        return Scorer(self.graph, self.held, self.outputs, self.metric, self.metric_params, self.arithmetic,
+                      self.providers, self.per_run, self.progress, self.group, limit)
+
     def score(self, models: dict[str, onnx.ModelProto], desc: str = "scoring") -> dict[str, Evaluation]:
         """Each model's evaluation, ``group`` sessions per pass over the data."""
         labels = list(models)
         found: dict[str, Evaluation] = {}
-        bar = tqdm(total=len(labels) * len(self.held), unit="sample", desc=desc, disable=not self.progress,
+        bar = tqdm(total=len(labels) * self.samples, unit="sample", desc=desc, disable=not self.progress,
                    file=sys.stderr)
         for start in range(0, len(labels), self.group):
             chosen = labels[start:start + self.group]
@@ -115,7 +127,7 @@ def score_group(scorer: Scorer, models: dict[str, onnx.ModelProto], bar=None) ->
             if bar is not None:
                 bar.update(n * len(candidates))
 
-    batches = scorer.held.batches(scorer.fingerprint if scorer.passes == 0 else None)
+    batches = scorer.held.batches(scorer.fingerprint if scorer.passes == 0 else None, limit=scorer.limit)
     results = evaluate(scorer.reference.rewind(), candidates, batches, scorer.outputs, progress=_Bar(),
                        metric=scorer.metric, metric_params=scorer.metric_params, per_run=scorer.per_run)
     scorer.passes += 1

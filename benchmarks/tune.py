@@ -1,0 +1,275 @@
+"""``--method auto`` and ``quantlab tune`` next to their peers, same model, data and machine, one run.
+
+    python benchmarks/tune.py                                   # -> reports/tune.md and reports/tune.json
+    python benchmarks/tune.py --workloads fashion --no-peers    # quantlab only, one workload
+
+Peers run as child processes in the side environment of ``benchmarks/tune_peers.py`` (its
+docstring says how to make it; ``QUANTLAB_PEERS_PYTHON`` points elsewhere). Every tool is fed the
+very same float32 tensors (``tune_peers.py make-npz`` for the embedded model and MobileNetV2,
+quantlab's own preprocessing for the corpus models), and every Q/DQ model is scored by quantlab's
+evaluation engine in TensorRT-faithful arithmetic (ONNX Runtime's graph optimizations and Q/DQ
+fusions off: each Q/DQ executed as written, see quantlab/evaluation/engine.py).
+
+1. Fidelity of all-INT8 models on the evaluation split: ``auto`` vs every single method of
+   quantlab (one collection) vs ModelOpt ONNX entropy/max vs ONNX Runtime quantize_static
+   MinMax/Entropy/Percentile: SQNR and cosine of the outputs against FP32, top-1 agreement, and
+   top-1 accuracy when there are labels.
+2. Cost: ``calibrate --method auto`` vs ``--method entropy``, wall time of the Python call, same
+   model and samples, in this process, after one warm-up call of each.
+3. ``tune --max-drop X`` vs NNCF ``quantize_with_accuracy_control`` (ONNX backend, same model,
+   data, metric and drop): layers left in float, metric reached, wall time of the call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+import corpus  # noqa: E402
+from tune_peers import PEERS_PYTHON, make_npz, run_peer  # noqa: E402
+
+from quantlab.calibrate import (  # noqa: E402  # noqa: E402
+    DataSpec,
+    calibrate,
+    calibrate_statistics,
+    collect_statistics,
+    open_dataset,
+    resolve_model,
+)
+from quantlab.evaluation.compare import HeldOut, method_label  # noqa: E402
+from quantlab.evaluation.engine import OrtRunner, evaluate  # noqa: E402
+from quantlab.preprocess import Preprocess, iterate_batches, select_indices  # noqa: E402
+from quantlab.qdq import export_qdq  # noqa: E402
+from quantlab.tune.auto import AUTO_CANDIDATES  # noqa: E402
+from quantlab.tune.pipeline import tune  # noqa: E402
+from quantlab.tune.sensitivity import quantized_layers  # noqa: E402
+
+REPORTS = ROOT / "reports"
+PEER_TOOLS = (("modelopt entropy", ["modelopt", "--method", "entropy"]),
+              ("modelopt max", ["modelopt", "--method", "max"]),
+              ("ort MinMax", ["ort", "--method", "MinMax"]),
+              ("ort Entropy", ["ort", "--method", "Entropy"]),
+              ("ort Percentile", ["ort", "--method", "Percentile"]))
+# Workloads: how their data is made, the metric tune and NNCF are judged by, and the budget.
+WORKLOADS = {
+    "fashion": {"model": ROOT / "quantlab" / "defaults" / "fashion_mnist_cnn.onnx", "metric": "top1",
+                "max_drop": 0.1, "tune": True},
+    "mobilenetv2": {"model": ROOT / "benchmarks" / "data" / "mobilenetv2" / "model.onnx", "metric": "agreement",
+                    "max_drop": 1.6, "tune": True},
+    "ppocrv5_cls": {"corpus": "ppocrv5_cls", "calib": 64, "eval": 64, "metric": "agreement", "max_drop": 1.6,
+                    "tune": True},
+    "mtcnn_onet": {"corpus": "mtcnn_onet", "calib": 64, "eval": 64, "tune": False},
+    "orinet": {"corpus": "orinet", "calib": 64, "eval": 32, "tune": False},
+}
+
+
+def corpus_npz(name: str, work: Path, calib: int, evaluation: int) -> dict:
+    """Calibration and evaluation tensors of a corpus model, preprocessed by quantlab once (float32)."""
+    model = corpus.by_name(name)
+    graph = resolve_model(model.path)
+    pre = Preprocess(resize=model.resize, mean=model.mean, std=model.std)
+    out = {}
+    for split, count, tag in (("calibration", calib, "calib"), ("heldout", evaluation, "eval")):
+        raw = corpus.write_split(model, split, count, work / f"{tag}-raw.npz")
+        dataset = open_dataset(str(raw), None, graph)
+        batches = iterate_batches(dataset, select_indices(len(dataset), None, 0), graph.inputs, pre, 32)
+        x = np.concatenate([b.inputs[graph.inputs[0].name] for b in batches]).astype(np.float32)
+        np.savez(work / f"{tag}.npz", x=x)
+        out[tag] = str(work / f"{tag}.npz")
+    return {"model": str(model.path), **out}
+
+
+def score_models(graph, models: dict[str, onnx.ModelProto], eval_npz: str) -> dict[str, dict]:
+    """Every model against FP32 on the evaluation tensors, one pass, quantlab's engine."""
+    held = HeldOut(graph, DataSpec(eval_npz))
+    _, per_run = held.activation_sizes()
+    candidates = {label: OrtRunner(model) for label, model in models.items()}
+    results = evaluate(OrtRunner(graph.model), candidates, held.batches(), graph.output_names, per_run=per_run)
+    rows = {}
+    for label, found in results.items():
+        first = found.outputs[0]
+        rows[label] = {key: first.get(key) for key in ("sqnr_db", "cosine_similarity", "top1_agreement",
+                                                       "int8_top1", "fp32_top1") if key in first}
+        rows[label]["worst_output_sqnr_db"] = min(o.get("sqnr_db", math.inf) for o in found.outputs)
+    return rows
+
+
+def timed(function, *args, **kwargs):
+    start = time.perf_counter()
+    value = function(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def run_workload(name: str, spec: dict, work: Path, peers: bool, tune_it: bool) -> dict:
+    work.mkdir(parents=True, exist_ok=True)
+    if "corpus" in spec:
+        files = corpus_npz(spec["corpus"], work, spec["calib"], spec["eval"])
+    else:
+        made = make_npz(name, work)
+        files = {"model": str(spec["model"]), "calib": str(work / "calib.npz"), "eval": str(work / "eval.npz")}
+        del made
+    graph = resolve_model(files["model"])
+    calib = DataSpec(files["calib"])
+    print(f"[{name}] collecting and calibrating", file=sys.stderr)
+    # Cost: one warm-up call of each, then the measured ones.
+    calibrate(graph, calib, method="entropy", progress=False)
+    _, entropy_seconds = timed(calibrate, graph, calib, method="entropy", progress=False)
+    auto_result, auto_seconds = timed(calibrate, graph, calib, method="auto", progress=False)
+    stats = collect_statistics(graph, calib, progress=False)
+    tables = {method_label(m, p): calibrate_statistics(graph, stats, m, p) for m, p in AUTO_CANDIDATES}
+    tables["auto"] = auto_result.table
+    models = {label: export_qdq(graph, t.activations, t.weights)[0] for label, t in tables.items()}
+    peer_records = {}
+    if peers:
+        for label, argv in PEER_TOOLS:
+            print(f"[{name}] {label}", file=sys.stderr)
+            out = work / f"{label.replace(' ', '-')}.onnx"
+            record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.json")
+            peer_records[label] = {k: record.get(k) for k in ("ok", "error", "seconds", "versions") if k in record}
+            if record.get("ok"):
+                models[label] = onnx.load(out)
+    print(f"[{name}] scoring {len(models)} models", file=sys.stderr)
+    fidelity = score_models(graph, models, files["eval"])
+    result = {"model": files["model"], "calibration_samples": stats.num_samples,
+              "evaluation_samples": int(np.load(files["eval"])["x"].shape[0]),
+              "auto": {"chosen_counts": auto_result.table.provenance["auto"]["chosen_counts"],
+                       "winner": auto_result.table.provenance["auto"]["winner"],
+                       "network_error_on_calibration_samples": auto_result.table.provenance["auto"]["network_error"]},
+              "fidelity": fidelity, "peers": peer_records,
+              "cost": {"entropy_s": entropy_seconds, "auto_s": auto_seconds, "ratio": auto_seconds / entropy_seconds},
+              "quantized_layers": len(quantized_layers(models["auto"]))}
+    if tune_it and spec.get("tune"):
+        heldout = DataSpec(files["eval"])
+        metric = "classification"
+        if spec["metric"] == "agreement":
+            heldout_path = work / "eval-nolabels.npz"
+            np.savez(heldout_path, x=np.load(files["eval"])["x"])
+            heldout = DataSpec(str(heldout_path))
+        print(f"[{name}] tune --max-drop {spec['max_drop']}", file=sys.stderr)
+        data, seconds = timed(tune, graph, calib, heldout, max_drop=spec["max_drop"], metric=metric,
+                              sensitivity="float", progress=False, output=work / "tuned.qdq.onnx")
+        result["tune"] = {"fallback": data["fallback"], "float_layers": len(data["fallback"]), "met": data["met"],
+                          "all_int8": data["all_int8"], "written": data["written"], "seconds": seconds,
+                          "fp32": data["metric"]["fp32"], "score_name": data["metric"]["score_name"],
+                          "passes": data["passes_over_eval_data"]}
+        if peers:
+            print(f"[{name}] nncf-ac --max-drop {spec['max_drop']}", file=sys.stderr)
+            record = run_peer(["nncf-ac", files["model"], files["calib"], files["eval"], "--max-drop",
+                               spec["max_drop"], "--metric", spec["metric"], "-o", work / "nncf-ac.onnx"],
+                              work / "nncf-ac.json")
+            result["nncf_ac"] = record
+    return result
+
+
+def fmt(value, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def markdown(results: dict, meta: dict) -> str:
+    lines = ["# `--method auto` and `quantlab tune` vs peers", "",
+             f"Measured {meta['date']} on {meta['machine']} with `python benchmarks/tune.py` (one run; peers in "
+             f"child processes, {meta['peers_python']}). Every INT8 model is scored by quantlab's evaluation engine "
+             "in TensorRT-faithful arithmetic (each Q/DQ executed as written, float accumulation of exactly "
+             "dequantized int8 values) on the evaluation split, against the FP32 model.", ""]
+    lines += ["## 1. Fidelity of all-INT8 models (first output vs FP32, evaluation split)", ""]
+    for name, r in results.items():
+        if "error" in r:
+            lines += [f"### {name}: not measured ({r['error']})", ""]
+            continue
+        lines += [f"### {name}", "",
+                  f"`{Path(r['model']).name}`, {r['calibration_samples']} calibration / {r['evaluation_samples']} "
+                  f"evaluation samples, {r['quantized_layers']} quantized layers. auto chose "
+                  + ", ".join(f"{k} {v}" for k, v in r["auto"]["chosen_counts"].items())
+                  + f" (winner at the outputs on calibration samples: {r['auto']['winner']}).", "",
+                  "| ranges | SQNR dB | cosine | top-1 agreement | top-1 (labels) | worst output SQNR dB |",
+                  "|---|---|---|---|---|---|"]
+        ranked = sorted(r["fidelity"].items(), key=lambda item: -(item[1].get("sqnr_db") or -1e9))
+        for label, row in ranked:
+            bold = "**" if label == "auto" else ""
+            lines.append(f"| {bold}{label}{bold} | {fmt(row.get('sqnr_db'), 2)} | {fmt(row.get('cosine_similarity'), 5)} "
+                         f"| {fmt(row.get('top1_agreement'))} | {fmt(row.get('int8_top1'))} | "
+                         f"{fmt(row.get('worst_output_sqnr_db'), 2)} |")
+        failed = {k: v.get("error") for k, v in r["peers"].items() if not v.get("ok")}
+        for label, error in failed.items():
+            lines.append(f"\n{label} failed: {str(error)[:300]}")
+        lines.append("")
+    lines += ["## 2. Cost of `--method auto` (Python call, same model and samples)", "",
+              "| workload | entropy s | auto s | auto / entropy |", "|---|---|---|---|"]
+    for name, r in results.items():
+        if "cost" in r:
+            lines.append(f"| {name} | {fmt(r['cost']['entropy_s'], 2)} | {fmt(r['cost']['auto_s'], 2)} | "
+                         f"{fmt(r['cost']['ratio'], 2)}x |")
+    lines += ["", "## 3. `tune --max-drop` vs NNCF `quantize_with_accuracy_control`", "",
+              "| workload | metric | budget (points) | tool | float layers | metric reached | drop (points) | met | "
+              "wall s |", "|---|---|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        if "tune" not in r:
+            continue
+        t = r["tune"]
+        budget = WORKLOADS[name]["max_drop"]
+        lines.append(f"| {name} | {t['score_name']} (FP32 {fmt(t['fp32'])}) | {budget} | quantlab tune | "
+                     f"{t['float_layers']} | {fmt(t['written']['score'])} | {fmt(t['written']['drop'], 2)} | "
+                     f"{'yes' if t['met'] else 'no'} | {fmt(t['seconds'], 1)} |")
+        n = r.get("nncf_ac")
+        if n and n.get("ok"):
+            lines.append(f"| {name} | | {budget} | NNCF accuracy control | {n.get('float_layers_count', '?')} | "
+                         f"{fmt(n.get('metric', {}).get('final'))} | "
+                         f"{fmt(n.get('drop_final_points'), 2)} | {'yes' if n.get('met') else 'no'} | "
+                         f"{fmt(n.get('seconds', {}).get('tool'), 1)} |")
+        elif n:
+            lines.append(f"| {name} | | {budget} | NNCF accuracy control | failed: {str(n.get('error'))[:200]} "
+                         "| | | | |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    parser.add_argument("--no-peers", action="store_true", help="quantlab only")
+    parser.add_argument("--no-tune", action="store_true", help="fidelity and cost only")
+    parser.add_argument("--work", type=Path, help="keep the intermediate files here")
+    parser.add_argument("--out", type=Path, default=REPORTS / "tune.md")
+    args = parser.parse_args()
+    peers = not args.no_peers and PEERS_PYTHON.exists()
+    work = args.work or Path(tempfile.mkdtemp(prefix="quantlab-tune-bench-"))
+    previous = {}
+    json_path = args.out.with_suffix(".json")
+    if json_path.exists():
+        previous = json.loads(json_path.read_text()).get("results", {})
+    results = dict(previous)
+    for name in args.workloads:
+        try:
+            results[name] = run_workload(name, WORKLOADS[name], work / name, peers, not args.no_tune)
+        except Exception as exc:  # a workload that cannot run here is reported, the others go on
+            results[name] = {"error": f"{type(exc).__name__}: {exc}"}
+        meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+                "peers_python": str(PEERS_PYTHON) if peers else "no peers"}
+        args.out.write_text(markdown(results, meta))
+        json_path.write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

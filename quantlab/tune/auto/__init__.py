@@ -1,0 +1,259 @@
+"""``--method auto``: per tensor, the candidate range that hurts the network least.
+
+No single calibrator is best for every tensor (design.md §9): on a real MobileNetV2 the methods'
+ranges for one tensor differ by 0.5x to 6x, and the range that fits a tensor's own histogram best
+(``mse``) or keeps its distribution best (``entropy``) is not necessarily the one that hurts the
+network least. ``auto`` takes every built-in calibrator's range, and a percentile grid, as the
+candidates of each tensor (:data:`AUTO_CANDIDATES`; one collection, no extra statistics) and
+judges them by their effect, on the first ``samples`` calibration samples, in the arithmetic of
+the Q/DQ model quantlab exports (:mod:`.quantize`), through a node-by-node run of the graph on an
+FP32 and an INT8 path side by side (:mod:`.interpreter`):
+
+1. **Layer by layer, upstream choices in place.** In graph order, at the first quantized layer
+   (Conv/ConvTranspose/Gemm/MatMul) reading a tensor, each candidate is scored by the relative
+   squared error it causes at the outputs of the tensor's quantized readers - INT8 path (with the
+   ranges chosen so far upstream, INT8 weights) against FP32 - and the best one is kept before the
+   INT8 path goes on. Rounding and clipping are judged together, through the weights that multiply
+   them.
+2. **At the graph outputs.** The layer criterion leans to tight ranges: a clipping error is
+   coherent and adds up downstream, rounding noise partly averages out. So step 1's choices and
+   each single method's ranges everywhere are judged by the relative squared error of the graph
+   outputs, and the best of them is refined by coordinate descent at the outputs: tensor by tensor
+   in graph order, one candidate wider (else tighter) while the output error drops, only the nodes
+   downstream of that tensor run again, within ``refine_passes`` graph passes per tensor.
+3. The least output error wins. So ``auto`` is never worse at the outputs, on these samples, than
+   any single method (ties go to the earlier in step 2's order: layer choices, then the methods in
+   :data:`AUTO_CANDIDATES` order, then the refinement).
+
+Tensors no quantized layer reads (a Conv output that feeds a ReLU, an Add input: only an implicit
+TensorRT build reads their ranges) get the candidate with the least quantization error of the
+tensor itself, from its histogram. Graphs with control flow (If/Loop/Scan) cannot run node by node:
+there ``auto`` judges only the single methods, as whole Q/DQ models, at the outputs.
+
+Cost, besides the one collection: the calibrators, one two-path pass that scores up to
+``len(candidates)`` one-layer runs per quantized layer, one INT8 pass per single method, and the
+refinement (at most about one graph pass per quantized tensor), each on ``samples`` samples.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+from tqdm import tqdm
+
+from ... import defaults
+from ...calibrate import DataSpec, calibrate_statistics, open_dataset
+from ...collector import ACTIVATION_BUDGET
+from ...errors import DataError, QuantlabError
+from ...evaluation.compare import method_label
+from ...evaluation.engine import OrtRunner, activation_bytes, slices
+from ...graph import ModelGraph
+from ...preprocess import iterate_batches, select_indices
+from ...qdq import QUANTIZED_OPS, export_qdq
+from ...statistics import Statistics
+from ...table import CalibrationTable
+from .interpreter import NodeSessions, TwoPathRun, has_subgraphs, peak_bytes, refine
+from .quantize import fake_quantize, histogram_error, relative_error
+
+__all__ = ["AUTO", "AUTO_CANDIDATES", "DEFAULT_SAMPLES", "AutoChoice", "choose_ranges", "fake_quantize",
+           "histogram_error"]
+
+AUTO = "auto"
+# Every built-in method, and percentiles from tight to loose: the grid auto chooses from.
+AUTO_CANDIDATES: tuple[tuple[str, dict], ...] = (
+    ("entropy", {}),
+    ("mse", {}),
+    ("percentile", {"p": 99.9}),
+    ("percentile", {"p": 99.99}),
+    ("percentile", {"p": 99.999}),
+    ("percentile", {"p": 99.9999}),
+    ("max", {}),
+)
+DEFAULT_SAMPLES = 64
+REFINED = "auto, refined at the outputs"
+CRITERION = ("relative squared error of the graph outputs (Q/DQ arithmetic, INT8 weights) on calibration "
+             "samples: layer-by-layer choices (error at the quantized readers' outputs, upstream choices in "
+             "place) and each single method, the best refined tensor by tensor; tensors no quantized layer "
+             "reads: their own quantization error, from the histogram")
+
+
+@dataclass
+class AutoChoice:
+    """What ``auto`` chose per tensor, and how each alternative scored (for the table and report)."""
+
+    methods: dict[str, str]  # tensor -> chosen candidate's label
+    errors: dict[str, dict[str, float]]  # tensor -> candidate label -> its layer (or histogram) criterion
+    judged_by: dict[str, str]  # tensor -> "consumers" or "histogram"
+    samples: int
+    seconds: float
+    candidates: list[str] = field(default_factory=list)
+    network: dict[str, float] = field(default_factory=dict)  # alternative -> relative error at the graph outputs
+    winner: str = AUTO  # the alternative taken: "auto" (layer choices), a method, or the refinement
+
+
+def consumers_of(graph: ModelGraph, tensors: Sequence[str]) -> dict[str, list[int]]:
+    """Positions of the quantized layers (Conv/ConvTranspose/Gemm/MatMul) that read each tensor."""
+    wanted = set(tensors)
+    out: dict[str, list[int]] = {}
+    for position, node in enumerate(graph.model.graph.node):
+        if node.op_type in QUANTIZED_OPS:
+            for name in dict.fromkeys(node.input[:2]):
+                if name in wanted:
+                    out.setdefault(name, []).append(position)
+    return out
+
+
+def candidate_tables(graph: ModelGraph, stats: Statistics, candidates: Sequence[tuple[str, dict]], *,
+                     allow_nonfinite: bool = False, zero_amax: Optional[float] = None) -> dict[str, CalibrationTable]:
+    """Each candidate method's table on the one collection, keyed by its label."""
+    return {method_label(method, params): calibrate_statistics(graph, stats, method, params,
+                                                               allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+            for method, params in candidates}
+
+
+def sample_inputs(graph: ModelGraph, data: DataSpec, samples: int) -> dict[str, np.ndarray]:
+    """The first ``samples`` of the calibration selection, preprocessed, as one array per input."""
+    source = data.source if data.source is not None else defaults.CALIBRATION_DATA
+    dataset = open_dataset(source, data.data_format, graph)
+    indices = select_indices(len(dataset), data.num_samples, data.seed)[:samples]
+    fixed = graph.inputs[0].fixed_batch if graph.inputs else None
+    if fixed:
+        indices = indices[:len(indices) - len(indices) % fixed]
+        if not len(indices):
+            raise DataError(f"the model's batch size is fixed at {fixed}; auto needs at least {fixed} samples "
+                            "(`auto_samples`)", params=("auto_samples",))
+    batches = list(iterate_batches(dataset, indices, graph.inputs, data.preprocess, fixed or data.batch_size))
+    return {name: np.concatenate([b.inputs[name] for b in batches]) for name in batches[0].inputs}
+
+
+def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, *,
+                  candidates: Sequence[tuple[str, dict]] = AUTO_CANDIDATES, samples: int = DEFAULT_SAMPLES,
+                  providers: Optional[Sequence[str]] = None, allow_nonfinite: bool = False,
+                  zero_amax: Optional[float] = None, budget: int = 4 * ACTIVATION_BUDGET,
+                  refine_passes: float = 1.0, progress: bool = True) -> tuple[CalibrationTable, AutoChoice]:
+    """``auto``'s table: per tensor of ``stats``, the range chosen as the module docstring says, on
+    the first ``samples`` samples of ``data`` (the calibration data the statistics came from).
+    ``budget``: bytes of activations the node-by-node runs may hold (fewer samples when needed)."""
+    started = time.perf_counter()
+    if not candidates:
+        raise QuantlabError("auto needs at least one candidate method", params=("candidates",))
+    if not (isinstance(samples, int) and samples > 0):
+        raise QuantlabError(f"`auto_samples` must be a positive integer, got {samples!r}", params=("auto_samples",))
+    tables = candidate_tables(graph, stats, candidates, allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+    labels = list(tables)
+    names = list(stats.tensors)
+    readers = consumers_of(graph, [n for n in names if n not in graph.data_independent])
+    errors: dict[str, dict[str, float]] = {}
+    judged: dict[str, str] = {}
+    for name in names:
+        if name not in readers:
+            hist = stats.tensors[name]
+            errors[name] = {label: histogram_error(hist.counts, hist.edges, tables[label].activations[name])
+                            for label in labels}
+            judged[name] = "histogram"
+    methods = {name: min(labels, key=lambda label: (errs[label], labels.index(label))) for name, errs in errors.items()}
+    network: dict[str, float] = {}
+    alternatives: dict[str, dict[str, str]] = {}  # tensor -> label, for each judged alternative
+    used = 0
+    if readers:
+        inputs = sample_inputs(graph, data, samples)
+        if has_subgraphs(graph):
+            used, network, alternatives = _judge_whole_models(graph, tables, labels, readers, inputs, providers)
+        else:
+            used, network, alternatives = _judge_node_by_node(graph, tables, labels, readers, inputs, providers,
+                                                              budget, refine_passes, progress, errors, judged)
+    for name in readers:
+        judged.setdefault(name, "outputs")
+    order = list(alternatives)
+    winner = min(network, key=lambda label: (network[label], order.index(label))) if network else AUTO
+    if readers:
+        methods.update(alternatives[winner])
+    choice = AutoChoice(methods, errors, judged, used, time.perf_counter() - started, labels, network, winner)
+    counts: dict[str, int] = {}
+    for label in methods.values():
+        counts[label] = counts.get(label, 0) + 1
+    first = tables[labels[0]]
+    activations = {name: tables[methods[name]].activations[name] for name in names}
+    notes = {name: tables[methods[name]].notes[name] for name in names if name in tables[methods[name]].notes}
+    provenance = dict(first.provenance)
+    provenance["auto"] = {"criterion": CRITERION, "samples": used, "chosen_counts": counts,
+                          "network_error": network, "winner": winner}
+    table = CalibrationTable(AUTO, {"candidates": labels, "samples": used}, activations, first.weights, provenance,
+                             notes, methods=methods)
+    return table, choice
+
+
+def _judge_node_by_node(graph: ModelGraph, tables: dict, labels: list[str], readers: dict[str, list[int]],
+                        inputs: dict[str, np.ndarray], providers, budget: int, refine_passes: float,
+                        progress: bool, errors: dict, judged: dict) -> tuple[int, dict, dict]:
+    """Steps 1-3 of the module docstring; fills ``errors``/``judged`` for the layer criterion."""
+    probe = {k: v[:1] for k, v in inputs.items()}
+    sizes = activation_bytes(graph.model, list(dict.fromkeys(graph.activations)), probe, providers)
+    # Two paths of live values plus the candidates' outputs at one layer; the refinement keeps every value.
+    used = min(len(next(iter(inputs.values()))), max(1, int(budget // max(3 * peak_bytes(graph, sizes), 1))))
+    inputs = {k: v[:used] for k, v in inputs.items()}
+    sessions = NodeSessions(graph, providers)
+    values_of = {name: {tables[label].activations[name]: label for label in reversed(labels)} for name in readers}
+
+    def decide(name: str, judge) -> float:
+        scored: dict[float, float] = {}
+        errs = {}
+        for label in labels:
+            amax = tables[label].activations[name]
+            if amax not in scored:
+                scored[amax] = judge(amax)
+            errs[label] = scored[amax]
+        errors[name] = errs
+        judged[name] = "consumers"
+        return tables[min(labels, key=lambda label: (errs[label], labels.index(label)))].activations[name]
+
+    first = TwoPathRun(sessions, readers)
+    error, reference, _ = first.run(inputs, decide, progress)
+    alternatives = {AUTO: {name: values_of[name][amax] for name, amax in first.chosen.items()}}
+    network = {AUTO: error}
+    seen = {tuple(first.chosen[name] for name in readers): error}
+    for label in tqdm(labels, desc="auto: judging each method at the outputs", disable=not progress, file=sys.stderr):
+        fixed = {name: tables[label].activations[name] for name in readers}
+        key = tuple(fixed[name] for name in readers)
+        if key not in seen:  # the same ranges as an alternative before score the same
+            seen[key] = TwoPathRun(sessions, readers, fixed, reference).run(inputs)[0]
+        alternatives[label], network[label] = dict.fromkeys(readers, label), seen[key]
+    start = min(network, key=lambda label: (network[label], list(alternatives).index(label)))
+    kept = max(1, int(budget // max(sum(sizes.values()), 1)))  # the refinement holds every INT8 value
+    refine_inputs = {k: v[:kept] for k, v in inputs.items()}
+    refine_reference = {k: v[:kept] for k, v in reference.items()}
+    begin = {name: tables[alternatives[start][name]].activations[name] for name in readers}
+    candidates = {name: list(values_of[name]) for name in readers}
+    refined, refined_error, _ = refine(sessions, refine_inputs, readers, candidates, begin, refine_reference,
+                                       refine_passes * len(readers), progress)
+    if kept < used:  # judged on fewer samples: compare it with the start on all of them
+        refined_error = TwoPathRun(sessions, readers, refined, reference).run(inputs)[0]
+    if refined_error < network[start]:
+        alternatives[REFINED] = {name: values_of[name][amax] for name, amax in refined.items()}
+        network[REFINED] = refined_error
+    return used, network, alternatives
+
+
+def _judge_whole_models(graph: ModelGraph, tables: dict, labels: list[str], readers: dict,
+                        inputs: dict[str, np.ndarray], providers) -> tuple[int, dict, dict]:
+    """For graphs with control flow: each single method's Q/DQ model judged at the outputs."""
+    from ...preprocess import Batch
+
+    count = len(next(iter(inputs.values())))
+    batch = Batch(inputs, None, np.arange(count))
+    reference_runner = OrtRunner(graph.model, (), providers)
+    reference = [reference_runner.run(b.inputs) for b in slices([batch], 32)]
+    network, alternatives = {}, {}
+    for label in labels:
+        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights)
+        runner = OrtRunner(model, (), providers)
+        got = [runner.run(b.inputs) for b in slices([batch], 32)]
+        network[label] = sum(relative_error(np.concatenate([g[n] for g in got]),
+                                            np.concatenate([r[n] for r in reference])) for n in graph.output_names)
+        alternatives[label] = dict.fromkeys(readers, label)
+    return count, network, alternatives
