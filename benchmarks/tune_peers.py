@@ -8,7 +8,7 @@ what it did (settings, versions, layers left in float, wall time of the tool's o
 total, peak RSS). The JSON is printed as the last stdout line and written next to the model
 (``OUT.json``, or ``--json PATH``); a tool that fails writes ``{"ok": false, "error": ...}`` and exits 1.
 
-Side environment (outside the repository; versions as measured on 2026-11-27)::
+Side environment (outside the repository; the versions these tools were run with)::
 
     python3 -m venv /work/peers-venv
     /work/peers-venv/bin/pip install /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl \\
@@ -31,30 +31,48 @@ Tools (``PY=/work/peers-venv/bin/python``)::
     $PY benchmarks/tune_peers.py nncf-ac MODEL CALIB.npz EVAL.npz --max-drop 0.5 --metric top1 -o OUT.onnx
 
 1. ``modelopt``: ``modelopt.onnx.quantization.quantize(quantize_mode="int8")`` on the CPU with
-   ``calibration_method`` entropy or max and its default TensorRT Q/DQ placement, called exactly
-   as ``benchmarks/peers.py``'s child does (batches of 32, ``high_precision_dtype="fp32"`` unless
+   ``calibration_method`` entropy or max and its default TensorRT Q/DQ placement, called as
+   ``benchmarks/peers.py``'s child does (batches of 32, ``high_precision_dtype="fp32"`` unless
    ``--high-precision fp16``: the float parts stay fp32 so fidelity compares ranges, not fp16).
+   That placement leaves a Gemm/MatMul with N or K < 16 in float (the embedded model's 10-class
+   classifier): ``float_layers`` says so.
 2. ``ort``: ONNX Runtime ``quantize_static``, QDQ format, QInt8 activations and weights,
    per-channel weights, ``ActivationSymmetric`` and ``WeightSymmetric`` (what TensorRT needs),
    MinMax / Entropy / Percentile, batches of 32, as ``benchmarks/peers.py``'s child does. Its
-   Entropy and Percentile calibrators keep every activation of every sample in memory.
+   Entropy and Percentile calibrators keep every activation of every sample in memory (MobileNetV2
+   at 224x224 with 256 samples passes 16 GiB: ``--memory-gib`` caps the address space, default 16).
 3. ``nncf``: ``nncf.quantize`` with the ONNX backend; ``nncf-ac``: ``nncf.quantize_with_accuracy_control``.
-   NNCF has no TensorRT target (3.4 knows ANY, CPU, GPU, NPU, CPU_SPR). Closest to TensorRT:
-   ``preset=PERFORMANCE`` (symmetric weights and activations), ``target_device=ANY`` (its CPU
-   placement: Q/DQ on the inputs of Conv/Gemm/MatMul and also of Add/pooling...), activations
-   forced signed (``signedness_to_force=True``: int8 with zero point 0, not uint8), per-channel
-   weights, ``overflow_fix=DISABLE`` (the 7-bit weight work-around is for old Intel CPUs), bias
-   correction left on (NNCF's default). Calibration items are single samples by default
-   (``--batch 1``): NNCF's default activation range is the *mean* over items of per-item min/max.
+   NNCF 3.4 has no TensorRT target (it knows ANY, CPU, GPU, NPU, CPU_SPR). Closest to TensorRT:
+   ``preset=PERFORMANCE`` (symmetric weights and activations), ``target_device=ANY`` (= its CPU
+   placement: Q/DQ on the inputs of Conv/Gemm/MatMul and also on both inputs of Add and on
+   ReduceMean's input), activations per tensor (``per_channel=False``: NNCF's CPU placement
+   would quantize depthwise inputs per channel, which TensorRT cannot), per-channel weights,
+   ``overflow_fix=DISABLE`` (the 7-bit weight work-around is for old Intel CPUs), fast bias
+   correction on (NNCF's default), ``model_type`` unset (CNNs). NNCF cannot be told to make
+   activations signed (its hardware configs leave signedness open and a ``signedness_to_force``
+   constraint fails): a tensor whose calibrated minimum is >= 0 gets a uint8 quantizer, which
+   TensorRT does not run. ``--activations int8`` (default) rewrites those as TensorRT's int8
+   quantizer with NNCF's range (scale x 255/127, zero point int8 0), inside ``validation_fn`` too,
+   so NNCF's search measures what TensorRT would compute; ``--activations nncf`` keeps NNCF's.
+   Calibration items are single samples by default (``--batch 1``): NNCF's default activation
+   range is the *mean* over items of per-item min/max, so batching changes its ranges.
    ``nncf-ac``: the validation set is one item per sample; ``validation_fn`` runs them in batches
    of ``--eval-batch`` through ONNX Runtime and returns the metric as a fraction (0..1) with the
-   per-sample values (NNCF then ranks on the metric itself, on its ``ranking_subset_size``);
-   ``max_drop = X / 100`` with ``drop_type=ABSOLUTE``, so ``--max-drop X`` is in percentage points.
-   ``top1``: accuracy against ``y``; ``agreement``: top-1 agreement with the FP32 model's
-   predictions (computed once, timed apart as ``seconds.reference``). The INT8 models inside
-   ``validation_fn`` run as quantlab evaluates them (``--arithmetic tensorrt``: ONNX Runtime's
-   graph optimizations and Q/DQ fusions off, the Q/DQ graph executed as written); ``onnxruntime``
-   leaves ONNX Runtime's integer kernels on.
+   per-sample values (NNCF then ranks on the metric itself, on its ``ranking_subset_size``, by
+   default its ``subset_size`` = 300 samples); ``max_drop = X / 100`` with ``drop_type=ABSOLUTE``,
+   so ``--max-drop X`` is in percentage points. ``top1``: accuracy against ``y``; ``agreement``:
+   top-1 agreement with the FP32 model's predictions (computed once, timed apart as
+   ``seconds.reference``). INT8 models inside ``validation_fn`` run as quantlab evaluates them
+   (``--arithmetic tensorrt``: ONNX Runtime's graph optimizations and Q/DQ fusions off, the Q/DQ
+   graph executed as written); ``onnxruntime`` leaves ONNX Runtime's integer kernels on.
+   The record has the metric (in percent) of FP32, of NNCF's first INT8 model and of the final
+   model as ``validation_fn`` measured them, the metric after each step of NNCF's search,
+   NNCF's own report (reverted operations, quantized-operation count, iterations) and how many
+   ``validation_fn`` calls, samples and seconds it took.
+
+Every tool checks its output (``onnx.checker`` with ``full_check``, and an ONNX Runtime session
+with graph optimizations off) and lists ``float_layers``: the Conv/ConvTranspose/Gemm/MatMul nodes
+with no DequantizeLinear on their inputs (``partial_layers``: on one of data and weight).
 
 Timing: ``seconds.tool`` is the tool's own call (quantize / quantize_static / nncf.quantize /
 quantize_with_accuracy_control, including every ``validation_fn`` call NNCF makes); ``seconds.total``
@@ -64,12 +82,14 @@ runs from the top of this script (imports, data loading, the FP32 reference, the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
 import platform
 import resource
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -84,6 +104,8 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import BATCH, MOBILENET, ROOT, child_failure  # noqa: E402
 
+# What a long tool has measured so far: a run stopped by SIGTERM (a time limit) reports it.
+PARTIAL: dict[str, Any] = {}
 PEERS_PYTHON = Path(os.environ.get("QUANTLAB_PEERS_PYTHON", "/work/peers-venv/bin/python"))
 DEFAULTS = ROOT / "quantlab" / "defaults"
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -473,12 +495,17 @@ def run_nncf_ac(model_path: str, x: np.ndarray, name: str, out: str, batch: int,
     def collect_wrapped(self, model, dataset, model_name=""):
         result = collect(self, model, dataset, model_name)
         seen["named"][model_name] = {"model": model, "metric": result.metric_value}
+        PARTIAL[f"{'fp32' if model_name == 'initial' else 'initial_int8'}_metric"] = 100 * result.metric_value
         return result
 
     def validate_wrapped(self, model, dataset, indices=None):
         result = validate(self, model, dataset, indices)
         if indices is None:
             seen["validated"].append({"model": model, "metric": result[0]})
+            PARTIAL["search_path"] = [100 * e["metric"] for e in seen["validated"]]
+            PARTIAL["validation_fn"] = {"calls": validation_fn.calls, "samples": validation_fn.samples,
+                                        "seconds": validation_fn.seconds}
+            PARTIAL["seconds_in_tool"] = time.perf_counter() - start
         return result
 
     def report_wrapped(report, max_num_iterations):
@@ -519,7 +546,8 @@ def run_nncf_ac(model_path: str, x: np.ndarray, name: str, out: str, batch: int,
         if entry["model"] is final:
             final_metric = entry["metric"]
     report = seen["report"]
-    nncf_report = None
+    nncf_report = {"reverted_count": 0, "reverted_operations": [],
+                   "note": "NNCF's first INT8 model met the budget: no search, nothing reverted"}
     if report is not None:
         nncf_report = {"num_quantized_operations": report.num_quantized_operations,
                        "reverted_count": len(report.reverted_operations),
@@ -597,25 +625,45 @@ def run_tool(args: argparse.Namespace) -> dict:
     return record
 
 
-def run_peer(argv: list[str], json_path: Path, timeout: float = 3600.0,
-             python: Path = PEERS_PYTHON) -> dict:
+def run_peer(argv: list[str], json_path: Path, timeout: float = 3600.0, python: Path = PEERS_PYTHON,
+             log: Optional[Path] = None) -> dict:
     """From the main environment: run one tool of this file in the side environment and return its
-    JSON record (``{"ok": false, "error": ...}`` when it failed, timed out or wrote nothing)."""
+    JSON record (``{"ok": false, "error": ...}`` when it failed, ran out of time or wrote nothing).
+    At ``timeout`` the tool gets SIGTERM and writes what it had measured (``partial``); 30 s later,
+    SIGKILL. ``log``: where its stderr (the tools' logs) goes."""
     import subprocess
 
     command = [str(python), str(Path(__file__).resolve()), *map(str, argv), "--json", str(json_path)]
+    json_path.unlink(missing_ok=True)
+    stderr = open(log, "w") if log else tempfile.TemporaryFile("w+")
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout:.0f} s", "argv": list(map(str, argv))}
-    except OSError as exc:
-        return {"ok": False, "error": f"cannot start {python}: {exc}", "argv": list(map(str, argv))}
+        try:
+            child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, text=True)
+        except OSError as exc:
+            return {"ok": False, "error": f"cannot start {python}: {exc}", "argv": list(map(str, argv))}
+        try:
+            child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            child.terminate()
+            try:
+                child.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+        stderr.flush()
+        if log:
+            tail = Path(log).read_text(errors="replace")[-2000:]
+        else:
+            stderr.seek(0)
+            tail = stderr.read()[-2000:]
+    finally:
+        stderr.close()
     if json_path.exists():
         record = json.loads(json_path.read_text())
-        if not record.get("ok") and done.stderr:
-            record.setdefault("stderr_tail", done.stderr[-2000:])
+        if not record.get("ok"):
+            record.setdefault("stderr_tail", tail)
         return record
-    return {"ok": False, "error": child_failure(done.stderr, done.returncode, 0), "argv": list(map(str, argv))}
+    return {"ok": False, "error": child_failure(tail, child.returncode, 0), "argv": list(map(str, argv))}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -673,8 +721,18 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(json.dumps(make_npz(args.workload, args.out_dir, args.calib, args.eval)))
         return 0
     json_path = Path(args.json) if args.json else Path(args.output).with_suffix(".json")
+
+    def stopped(signum, frame):
+        raise SystemExit(f"stopped by signal {signum} (a time limit?) after {time.perf_counter() - START:.0f} s")
+
+    signal.signal(signal.SIGTERM, stopped)
+    # stdout carries only the JSON record: the tools' logs (NNCF logs to stdout) and progress go to stderr.
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
     try:
-        record = run_tool(args)
+        with contextlib.redirect_stdout(sys.stderr):
+            record = run_tool(args)
     except BaseException as exc:  # the parent reads the JSON: say what failed, there
         if isinstance(exc, KeyboardInterrupt):
             raise
@@ -687,6 +745,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         traceback.print_exc()
         record = {"tool": args.tool, "method": getattr(args, "method", None), "model": args.model, "ok": False,
                   "error": message, "seconds": {"total": time.perf_counter() - START}}
+        if PARTIAL:
+            record["partial"] = dict(PARTIAL)
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(record, indent=1) + "\n")
     print(json.dumps(record))

@@ -319,7 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     swp = sub.add_parser("sweep", help="calibrate with every method, evaluate each, rank them",
                          description="Collect statistics once, calibrate max, entropy, percentile 99.9/99.99/"
-                                     "99.999 and mse on them, evaluate each Q/DQ model on held-out data and "
+                                     "99.999, mse and auto on them, evaluate each Q/DQ model on held-out data and "
                                      "rank them.",
                          epilog="example:\n  quantlab sweep model.onnx --data calib/ --eval-data heldout/ "
                                 "--report reports/model-sweep --pick best",
@@ -478,6 +478,7 @@ def _add_tune_command(sub) -> None:
     tune.add_argument("--json", action="store_true", help="print the JSON result")
     _add_data_arguments(tune)
     _add_collection_arguments(tune)
+    _add_executor_arguments(tune)
     tune.set_defaults(func=cmd_tune, command_parser=tune)
 
 
@@ -491,14 +492,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
                        args.batch_size, args.seed)
     model_path = Path(args.model) if args.model else defaults.MODEL
     output = args.output or f"{model_path.stem}.tuned.qdq.onnx"
-    data = tune(args.model, calib, heldout, max_drop=args.max_drop, max_float_layers=args.max_float_layers,
-                high_precision=args.high_precision, output=output, report=args.report, outputs=args.outputs,
-                metric=args.metric, metric_params=_parse_params(args.metric_params, "--metric-param"),
-                auto_samples=args.auto_samples, sensitivity=args.sensitivity, ranking_samples=args.ranking_samples,
-                trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,
-                threads=args.threads, int8_arithmetic=args.int8_arithmetic, allow_nonfinite=args.allow_nonfinite,
-                zero_amax=args.zero_amax, progress=not args.quiet)
+    with _executor(args) as executor:
+        data = tune(args.model, calib, heldout, max_drop=args.max_drop, max_float_layers=args.max_float_layers,
+                    high_precision=args.high_precision, output=output, report=args.report, outputs=args.outputs,
+                    metric=args.metric, metric_params=_parse_params(args.metric_params, "--metric-param"),
+                    auto_samples=args.auto_samples, sensitivity=args.sensitivity,
+                    ranking_samples=args.ranking_samples, trt_version=parse_version(args.trt_version),
+                    providers=args.provider, bins=args.bins, threads=args.threads,
+                    int8_arithmetic=args.int8_arithmetic, allow_nonfinite=args.allow_nonfinite,
+                    zero_amax=args.zero_amax, progress=not args.quiet, executor=executor)
+        where = _executor_line(executor)
     lines = [_spelled(args, line) for line in summary_lines(data)]
+    if where:
+        lines.append(where)
     if args.report:
         lines.append(f"  report        : {args.report}/report.md (.html, .json)")
     _emit(args, data, "\n".join(lines))

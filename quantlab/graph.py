@@ -165,7 +165,7 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     if constants or folded:
         del graph.node[:]
         graph.node.extend(kept)
-        used = _names_used(graph) | {o.name for o in graph.output} | graph_inputs
+        used = names_used(graph) | {o.name for o in graph.output} | graph_inputs
         kept_inits = [init for init in graph.initializer if init.name in used]
         del graph.initializer[:]
         graph.initializer.extend(kept_inits)
@@ -190,7 +190,7 @@ def normalise(model: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]]:
     return work, notes
 
 
-def _names_used(graph: onnx.GraphProto) -> set[str]:
+def names_used(graph: onnx.GraphProto) -> set[str]:
     """Every tensor name a node reads, in ``graph`` and in the subgraphs of its If/Loop/Scan nodes
     (which may read the outer graph's initializers)."""
     used = set()
@@ -199,7 +199,7 @@ def _names_used(graph: onnx.GraphProto) -> set[str]:
         for attribute in node.attribute:
             for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
                         attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
-                used |= _names_used(sub)
+                used |= names_used(sub)
     return used
 
 

@@ -77,9 +77,9 @@ def test_sweep_ranks_every_method_and_picks_the_best(tmp_path):
     data = json.loads((tmp_path / "sw" / "report.json").read_text())
     methods = [r["method"] for r in data["results"]]
     assert sorted(methods) == sorted(["max", "entropy", "percentile(p=99.9)", "percentile(p=99.99)",
-                                      "percentile(p=99.999)", "mse"])
+                                      "percentile(p=99.999)", "mse", "auto"])
     tops = [r["int8_top1"] for r in data["results"]]
-    assert tops == sorted(tops, reverse=True) and [r["rank"] for r in data["results"]] == list(range(1, 7))
+    assert tops == sorted(tops, reverse=True) and [r["rank"] for r in data["results"]] == list(range(1, 8))
     assert data["best"] == data["results"][0]["method"] == data["picked"]["method"]
     assert data["results"][0]["int8_top1"] >= data["results"][0]["fp32_top1"] - 0.02
     assert all(r["overlap_with_calibration"] == 0 for r in data["results"])

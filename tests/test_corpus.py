@@ -96,3 +96,30 @@ def test_compare_and_sweep_agree_bit_for_bit_on_a_real_third_party_model(tmp_pat
     keys = ("samples", "cosine_similarity", "sqnr_db", "max_abs_error")
     assert {k: swept["results"][0][k] for k in keys} == {k: compared["outputs"][0][k] for k in keys}
     assert swept["results"][0]["score"] == compared["metric"]["score"]
+
+
+@pytest.mark.parametrize("name", ["ppocrv5_cls", "mtcnn_onet"])
+def test_a_corpus_model_calibrates_with_method_auto(tmp_path, name):
+    model = corpus.by_name(name)
+    path = installed(model)
+    corpus.write_split(model, "calibration", 16, tmp_path / "calib.npz")
+    proc = run_cli("calibrate", str(path), "--data", "calib.npz", *model.cli_preprocess(), "--method", "auto",
+                   "--param", "samples=8", "-o", "m.cache", "--json", cwd=tmp_path, check=True)
+    assert json.loads(proc.stdout)["method"] == "auto"
+    table = json.loads((tmp_path / "m.quantlab.json").read_text())
+    assert table["provenance"]["auto"]["winner"]
+    assert all("method" in entry for entry in table["activations"].values())
+
+
+def test_tune_runs_end_to_end_on_a_paddle_export(tmp_path):
+    model = corpus.by_name("ppocrv5_cls")
+    path = installed(model)
+    corpus.write_split(model, "calibration", 16, tmp_path / "calib.npz")
+    corpus.write_split(model, "heldout", 16, tmp_path / "heldout.npz")
+    proc = run_cli("tune", str(path), "--data", "calib.npz", "--eval-data", "heldout.npz", *model.cli_preprocess(),
+                   "--metric", "classification", "--max-drop", "100", "--auto-samples", "8", "-o", "cls.qdq.onnx",
+                   "--json", cwd=tmp_path, check=True)
+    data = json.loads(proc.stdout)
+    assert data["met"] and data["metric"]["score_name"] == "top1_agreement"
+    onnx.checker.check_model(onnx.load(tmp_path / "cls.qdq.onnx"))
+    assert (tmp_path / "cls.cache").is_file() and (tmp_path / "cls.quantlab.json").is_file()

@@ -51,10 +51,11 @@ def unlabelled(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tuned(graph, unlabelled, tmp_path_factory):
     """A tune whose budget (0.4 points of agreement) all-INT8 misses on these samples (0.67 points)."""
-    out = tmp_path_factory.mktemp("tuned") / "model.qdq.onnx"
+    folder = tmp_path_factory.mktemp("tuned")
+    out = folder / "model.qdq.onnx"
     data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), max_drop=0.4, output=out, sensitivity="float",
-                auto_samples=16, progress=False)
-    return data, tuned_paths(out)
+                auto_samples=16, report=folder / "report", progress=False)
+    return data, {**tuned_paths(out), "report": folder / "report"}
 
 
 def test_fake_quantize_matches_onnxruntime_quantize_dequantize():
@@ -254,3 +255,26 @@ def test_cli_tune_of_a_model_without_eval_data_is_a_one_line_error(tmp_path):
     result = run_cli("tune", str(defaults.MODEL), "--data", str(defaults.CALIBRATION_DATA), cwd=tmp_path)
     assert result.returncode == 2
     assert "--eval-data" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_tune_report_has_the_ranking_the_search_path_and_every_method(tuned):
+    data, paths = tuned
+    markdown = (paths["report"] / "report.md").read_text()
+    assert "## Sensitivity (most sensitive first)" in markdown and "## Search path" in markdown
+    for layer in data["fallback"]:
+        assert layer in markdown
+    for method in data["single_methods"]:
+        assert f"| {method} |" in markdown
+    assert json.loads((paths["report"] / "report.json").read_text())["fallback"] == data["fallback"]
+    assert (paths["report"] / "report.html").is_file()
+
+
+def test_tune_on_two_processes_gives_the_numbers_of_one(graph, unlabelled):
+    def run(executor):
+        return tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=128), max_drop=0.0, max_float_layers=2,
+                    sensitivity="float", ranking_samples=64, auto_samples=8, progress=False, executor=executor)
+
+    here, there = run("local"), run("processes")
+    assert there["executor"]["name"] == "processes" and there["executor"]["workers"] > 1
+    for key in ("all_int8", "sensitivity", "ranking", "fallback", "search", "written"):
+        assert here[key] == there[key], key

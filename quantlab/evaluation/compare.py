@@ -163,12 +163,12 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     heldout = HeldOut(graph, data)
     first = next(heldout.batches(limit=1, batch_size=1))
     sizes, per_run = heldout.activation_sizes(providers)
-    fp32 = OrtRunner(graph.model, (), providers)
+    fp32 = OrtRunner(graph.model, (), providers, spinning=True)  # it also measures latency
     if backend == "tensorrt":
         internal = []  # an engine exposes its outputs only
         int8 = _tensorrt_runner(qdq_bytes)
     elif backend == "onnxruntime":
-        int8 = OrtRunner(qdq_model, (), providers, int8_arithmetic)
+        int8 = OrtRunner(qdq_model, (), providers, int8_arithmetic, spinning=True)
     else:
         raise QuantlabError(f"unknown backend {backend!r} (onnxruntime or tensorrt)", params=("backend",))
     fingerprint = DataFingerprint()

@@ -25,20 +25,30 @@ their own, so they never change the arithmetic of the headline numbers.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import pickle
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from typing import Any, Optional
 
 import numpy as np
 import onnx
+from tqdm import tqdm
 
+from .. import defaults
+from ..calibrate import DataSpec, DataTask, _is_default_model
 from ..collector import ACTIVATION_BUDGET, available_cpus, make_session
-from ..errors import QuantlabError
+from ..errors import DataError, QuantlabError
+from ..executors import Executor, plan_shards, report_progress
+from ..executors.shipping import ModelRef, portable_source, worker_cached
 from ..graph import add_outputs
 from ..histogram import TensorHistogram
+from ..preprocess import DataFingerprint, check_batch_size, iterate_batches
 from .metrics import detect_metric, make_metric, sqnr_db
 
 ARITHMETICS = ("tensorrt", "onnxruntime")
@@ -79,10 +89,15 @@ class OrtRunner:
     """
 
     def __init__(self, model: onnx.ModelProto, extra_outputs: Sequence[str] = (),
-                 providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt"):
+                 providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", threads: int = 0,
+                 spinning: bool = False):
         self.arithmetic = check_arithmetic(arithmetic)
         self.model = add_outputs(model, list(extra_outputs)) if extra_outputs else model
-        self.session = make_session(self.model.SerializeToString(), providers,
+        # threads: ONNX Runtime intra-op threads (0: its default); workers sharing a machine split its cores.
+        # spinning=False (the default): idle threads sleep, for sessions that take turns on the same cores
+        # (a candidate per session, batch by batch): 8 spinning sessions of the embedded model ran 5x slower.
+        # A latency measurement wants them spinning (compare asks for it).
+        self.session = make_session(self.model.SerializeToString(), providers, threads=threads, spinning=spinning,
                                     **session_settings(arithmetic, _is_quantized(self.model)))
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -181,7 +196,36 @@ def evaluate(reference: OrtRunner, candidates: dict[str, OrtRunner], batches: It
     ``auto`` picks one from the outputs' shapes at the first batch. ``per_run``: the most
     samples one ONNX Runtime run takes (:func:`samples_per_run`).
     """
-    metrics: dict[str, object] = {}
+    return evaluation_results(metric_states(reference, candidates, batches, outputs, progress, metric=metric,
+                                            metric_params=metric_params, per_run=per_run), metric)
+
+
+@dataclass
+class MetricStates:
+    """Each candidate's metric sums over some samples, before their results: what shards merge.
+
+    Every metric is an exact, mergeable sum (:mod:`quantlab.evaluation.metrics.base`), so the
+    states of shards merged in shard order give the numbers of one pass over all of them.
+    """
+
+    states: dict[str, Any]
+    chosen: str  # the metric that ran (``auto`` resolved)
+    samples: int
+
+    def merge(self, other: MetricStates) -> None:
+        if list(other.states) != list(self.states) or other.chosen != self.chosen:
+            raise QuantlabError(f"cannot merge evaluations of different candidates or metrics ({other.chosen} "
+                                f"into {self.chosen})")
+        for label, state in other.states.items():
+            self.states[label].merge(state)
+        self.samples += other.samples
+
+
+def metric_states(reference: OrtRunner, candidates: dict[str, OrtRunner], batches: Iterable,
+                  outputs: Sequence[str], progress=None, *, metric: str = "auto",
+                  metric_params: Optional[dict] = None, per_run: Optional[int] = None) -> MetricStates:
+    """The pass of :func:`evaluate`, stopping short of the results (``progress``: has ``update(n)``)."""
+    metrics: dict[str, Any] = {}
     chosen = metric
     samples = 0
     for batch in slices(batches, per_run):
@@ -196,16 +240,161 @@ def evaluate(reference: OrtRunner, candidates: dict[str, OrtRunner], batches: It
         samples += len(batch.indices)
         if progress is not None:
             progress.update(len(batch.indices))
-    if not metrics:
+    return MetricStates(metrics, chosen, samples)
+
+
+def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, Evaluation]:
+    """Each candidate's :class:`Evaluation` from its (merged) metric sums; ``metric`` as asked for."""
+    if not states.states:
         raise QuantlabError("no held-out samples to evaluate on")
     found = {}
-    for label, state in metrics.items():
+    for label, state in states.states.items():
         result = state.result()
         summary = {key: value for key, value in result.items() if key != "outputs"}
-        summary.setdefault("metric", chosen)
+        summary.setdefault("metric", states.chosen)
         summary["chosen"] = "auto" if metric == "auto" else "given"
-        found[label] = Evaluation(list(result.get("outputs", [])), samples, summary)
+        found[label] = Evaluation(list(result.get("outputs", [])), states.samples, summary)
     return found
+
+
+# --------------------------------------------------------------------------- sharded evaluation
+
+
+@dataclass
+class QdqCandidate:
+    """A Q/DQ model as its ranges: small to ship; :func:`~quantlab.qdq.export_qdq` rebuilds it where
+    it runs. ``model``: the one the driver built already (used in place under ``local``; dropped in
+    transit, a worker elsewhere builds its own from the same ranges)."""
+
+    activations: dict[str, float]
+    weights: Optional[dict] = None
+    exclude_nodes: tuple = ()
+    exclude_ops: tuple = ()
+    placement: str = "compute"
+    model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "model": None}
+
+    def build(self, graph) -> onnx.ModelProto:
+        if self.model is None:
+            from ..qdq import export_qdq
+
+            self.model, _ = export_qdq(graph, self.activations, self.weights, exclude_nodes=self.exclude_nodes,
+                                       exclude_ops=self.exclude_ops, placement=self.placement)
+        return self.model
+
+
+@dataclass
+class EvaluationShard:
+    """The work unit of evaluation: held-out samples ``[start, stop)`` of the seeded selection, every
+    candidate against the FP32 model -> :class:`MetricStates` (and the samples' fingerprint)."""
+
+    model: ModelRef
+    data: DataSpec  # its source portable (quantlab.executors.shipping.portable_source)
+    start: int
+    stop: int
+    candidates: dict[str, QdqCandidate]
+    outputs: list[str]
+    metric: str = "auto"
+    metric_params: Optional[dict] = None
+    per_run: Optional[int] = None
+    providers: Optional[tuple] = None
+    arithmetic: str = "tensorrt"
+    threads: Optional[int] = None  # ONNX Runtime threads of each session (None: its default)
+
+
+@dataclass
+class ShardEvaluation:
+    states: MetricStates
+    fingerprint: DataFingerprint  # of the shard's samples
+
+
+@dataclass
+class HeldOutPlan:
+    count: int  # held-out samples selected
+    per_run: int  # samples one ONNX Runtime run may take (:func:`samples_per_run`)
+
+
+class _Reporter:
+    """``progress.update(n)`` for :func:`metric_states` inside a task: the executor's progress."""
+
+    @staticmethod
+    def update(units: int) -> None:
+        report_progress(units)
+
+
+def plan_heldout(task: DataTask) -> HeldOutPlan:
+    """On a worker: how many held-out samples ``task`` selects, and how many of them one run may take
+    (measured on the first sample)."""
+    graph = task.model.load()
+    dataset = task.open()
+    indices = task.selection(dataset)
+    first = next(iterate_batches(dataset, indices[:1], graph.inputs, task.data.preprocess, 1))
+    sizes = activation_bytes(graph.model, graph.activations, first.inputs, None)
+    return HeldOutPlan(len(indices), samples_per_run(sizes))
+
+
+def evaluate_shard(task: EvaluationShard) -> ShardEvaluation:
+    """On a worker: one shard of held-out samples through the FP32 model and every candidate."""
+    graph = task.model.load()
+    data_task = DataTask(task.model, task.data)
+    dataset = data_task.open()
+    indices = data_task.selection(dataset)[task.start:task.stop]
+    threads = task.threads or 0
+    digest = hashlib.sha256(pickle.dumps((task.candidates, task.providers, task.arithmetic, threads))).hexdigest()
+
+    def runners():
+        # The sessions take turns on the worker's cores, so idle threads sleep (OrtRunner's default).
+        return (OrtRunner(graph.model, (), task.providers, threads=threads),
+                {label: OrtRunner(candidate.build(graph), (), task.providers, task.arithmetic, threads=threads)
+                 for label, candidate in task.candidates.items()})
+
+    reference, candidates = worker_cached("runners", (graph.sha256, digest), runners)
+    fingerprint = DataFingerprint()
+
+    def batches():
+        for batch in iterate_batches(dataset, indices, graph.inputs, task.data.preprocess, task.data.batch_size):
+            fingerprint.add(batch.inputs)
+            yield batch
+
+    states = metric_states(reference, candidates, batches(), task.outputs, _Reporter(), metric=task.metric,
+                           metric_params=task.metric_params, per_run=task.per_run)
+    return ShardEvaluation(states, fingerprint)
+
+
+def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate], outputs: Sequence[str],
+                     executor: Executor, *,
+                     providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", metric: str = "auto",
+                     metric_params: Optional[dict] = None, progress: bool = True,
+                     desc: str = "evaluating", limit: Optional[int] = None
+                     ) -> tuple[dict[str, Evaluation], DataFingerprint]:
+    """Every candidate against the FP32 ``graph`` on the held-out ``data`` (a DataSpec), in shards of
+    whole batches run by ``executor`` and merged in shard order: the numbers of one pass, bit for bit.
+    ``limit``: only the first ``limit`` samples of the selection (tune's ranking subset).
+    Returns each candidate's :class:`Evaluation` and the fingerprint of the held-out samples."""
+    if data.source is None and not _is_default_model(graph):
+        raise DataError("no held-out data given for this model: set `data`", params=("data",))
+    check_batch_size(data.batch_size)
+    data.preprocess.check_against(graph.inputs)
+    spec = replace(data, source=portable_source(data.source if data.source is not None else defaults.HELDOUT_DATA))
+    ref = ModelRef.of(graph)
+    plan = executor.map(plan_heldout, [DataTask(ref, spec)])[0]
+    count = min(plan.count, limit) if limit else plan.count
+    shards = plan_shards(count, data.batch_size, executor.shards(-(-count // data.batch_size)))
+    tasks = [EvaluationShard(ref, spec, start, stop, candidates, list(outputs), metric, metric_params, plan.per_run,
+                             tuple(providers or ()) or None, arithmetic, executor.task_threads)
+             for start, stop in shards]
+    merged: Optional[ShardEvaluation] = None
+    bar = tqdm(total=count, unit="sample", desc=desc, disable=not progress, file=sys.stderr)
+    with bar, contextlib.closing(executor.imap(evaluate_shard, tasks, bar.update)) as parts:
+        for part in parts:
+            if merged is None:
+                merged = part
+            else:
+                merged.states.merge(part.states)
+                merged.fingerprint.merge(part.fingerprint)
+    return evaluation_results(merged.states, metric), merged.fingerprint
 
 
 @dataclass

@@ -79,8 +79,9 @@ class RayExecutor(Executor):
                       default=self.cpus)
         self.workers = workers or self.cpus
         self.task_threads = max(1, min(self.cpus // self.workers, largest or 1))
+        # SPREAD: shards go to every node rather than filling the node whose workers are already warm.
         self._remote = ray.remote(_ray_task).options(num_cpus=self.task_threads, max_retries=MAX_RETRIES,
-                                                     retry_exceptions=False)
+                                                     retry_exceptions=False, scheduling_strategy="SPREAD")
 
     def describe(self) -> str:
         where = "started here" if self._started_here else f"at {self.address or 'this session'}"

@@ -34,6 +34,7 @@ from ..calibrate import (
 from ..errors import DataError, QuantlabError
 from ..evaluation.compare import HeldOut, _outputs, method_label
 from ..evaluation.engine import check_arithmetic
+from ..executors import Executor, uses_executor
 from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
 from ..histogram import DEFAULT_BINS
 from ..report import Report, bar_figure
@@ -53,6 +54,7 @@ def tuned_paths(output: Union[str, Path]) -> dict[str, Path]:
             "table": path.with_name(stem + ".quantlab.json")}
 
 
+@uses_executor
 def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
          max_drop: float = 0.5, max_float_layers: Optional[int] = None, high_precision: str = "fp16",
          output: Optional[Union[str, Path]] = None, report: Optional[Union[str, Path]] = None,
@@ -61,14 +63,19 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
          trt_version: tuple = DEFAULT_TRT_VERSION,
          providers: Optional[Sequence[str]] = None, bins: int = DEFAULT_BINS, threads: Optional[int] = None,
          int8_arithmetic: str = "tensorrt", allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
-         progress: bool = True) -> dict:
+         compare_methods: Optional[bool] = None, progress: bool = True,
+         executor: Union[Executor, str, None] = None) -> dict:
     """Calibrate with ``auto`` ranges and leave the fewest layers in float that bring the metric's
     drop against FP32 within ``max_drop`` percentage points on ``heldout``; write the outputs
     (``output``: the Q/DQ model; the cache and table beside it, :func:`tuned_paths`).
 
     The sensitivity ranking is measured on the first ``ranking_samples`` evaluation samples (all
     of them when None; NNCF's accuracy control ranks on 300 too); every step of the search is
-    measured on all of them."""
+    measured on all of them. ``compare_methods`` also scores every single method's all-INT8 model
+    (one more pass with a session each; default: when a ``report`` is written). ``executor``
+    (``local``, ``processes``, ``ray``, or an :class:`~quantlab.executors.Executor`) runs the
+    collection and every scoring pass (the sensitivity candidates, the search steps) in shards of
+    samples on its workers; the result is the same, bit for bit."""
     started = time.perf_counter()
     check_arithmetic(int8_arithmetic)
     if high_precision not in HIGH_PRECISIONS:
@@ -92,11 +99,12 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     if report is not None:
         check_output_folder(report)
 
-    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress)
+    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress,
+                               executor=executor)
     table = calibrate_statistics(graph, stats, AUTO, {"samples": auto_samples}, allow_nonfinite=allow_nonfinite,
                                  zero_amax=zero_amax, data=calib, progress=progress)
-    base_model = variant(graph, table, [])
-    layers = quantized_layers(base_model)
+    base_model = variant(table, [])
+    layers = quantized_layers(base_model.build(graph))
     if not layers:
         raise QuantlabError("the model has no named Conv/ConvTranspose/Gemm/MatMul layer to quantize, so there is "
                             "nothing to tune")
@@ -105,14 +113,15 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     held = HeldOut(graph, heldout)
     _, per_run = held.activation_sizes(providers)
     scorer = Scorer(graph, held, _outputs(graph, outputs), metric, metric_params, int8_arithmetic, providers,
-                    per_run, progress)
+                    per_run, progress, executor=executor)
     singles = {}
-    for method, params in AUTO_CANDIDATES:
+    for method, params in (AUTO_CANDIDATES if (report is not None if compare_methods is None else compare_methods)
+                           else ()):
         label = method_label(method, params)
         single = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
                                       zero_amax=zero_amax)
-        singles[label] = variant(graph, single, [])
-    first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto and every method")
+        singles[label] = variant(single, [])
+    first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto" + (" and every method" if singles else ""))
     base = first[AUTO]
     score, reference, score_name = headline(base)
     overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
@@ -125,10 +134,10 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
         ranked_base = base if ranker is scorer else ranker.score({AUTO: base_model}, desc="scoring auto")[AUTO]
         analysis = analyse(graph, table, ranker, layers, ranked_base, only_quantized=sensitivity == "both")
         scorer.passes += ranker.passes if ranker is not scorer else 0
-        found = search(analysis.ranking, base, lambda chosen: variant(graph, table, chosen), scorer, max_drop, limit)
+        found = search(analysis.ranking, base, lambda chosen: variant(table, chosen), scorer, max_drop, limit)
         fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
 
-    fallback_model = variant(graph, table, fallback)
+    fallback_model = variant(table, fallback).build(graph)
     cache_ranges = trt_cache_without(table.activations, fallback_model, fallback)
     written, written_eval = fallback_model, final_eval
     if high_precision == "fp16" and fallback:
@@ -172,6 +181,7 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
         data["outputs"] = {k: str(v) for k, v in paths.items()}
         data["trtexec"] = trtexec_command(str(graph.path or "model.onnx"), str(paths["cache"]), fallback,
                                           high_precision=high_precision)
+    data["executor"] = {"name": executor.name, "workers": executor.workers, "where": executor.describe()}
     data["seconds"] = time.perf_counter() - started
 
     with OutputSet(inputs) as files:
@@ -242,8 +252,9 @@ def summary_lines(data: dict) -> list[str]:
              f"({metric['score_name']}), FP32 {metric['fp32']:.4f}, {data['heldout']['samples']} evaluation samples",
              "  auto ranges   : " + ", ".join(f"{k} {v}" for k, v in data["auto"]["chosen_counts"].items()),
              f"  all INT8      : {data['all_int8']['score']:.4f} (drop {data['all_int8']['drop']:.2f} points)"]
-    best = max(data["single_methods"].items(), key=lambda item: item[1]["score"])
-    lines.append(f"  best method   : {best[0]} {best[1]['score']:.4f} (drop {best[1]['drop']:.2f})")
+    if data["single_methods"]:
+        best = max(data["single_methods"].items(), key=lambda item: item[1]["score"])
+        lines.append(f"  best method   : {best[0]} {best[1]['score']:.4f} (drop {best[1]['drop']:.2f})")
     lines.append(f"  float layers  : {len(data['fallback'])} of {data['quantized_layers']} in {data['high_precision']}"
                  + (": " + ", ".join(data["fallback"][:6]) + (" ..." if len(data["fallback"]) > 6 else "")
                     if data["fallback"] else ""))

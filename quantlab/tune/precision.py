@@ -45,7 +45,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantlabError
-from ..graph import _names_used
+from ..graph import names_used
 from ..qdq import QUANTIZED_OPS
 
 HIGH_PRECISIONS = ("fp16", "fp32")
@@ -192,7 +192,7 @@ def float16_layers(model: onnx.ModelProto, nodes: Iterable[str], *, extend: bool
     for index, node in enumerate(graph.node):
         if index not in region:
             outside_reads |= {name for name in node.input if name}
-            outside_reads |= _names_used(_subgraphs_only(node))
+            outside_reads |= names_used(_subgraphs_only(node))
 
     fp16: dict[str, str] = {}  # float32 name -> its float16 counterpart
     new_initializers: list[onnx.TensorProto] = []
@@ -249,7 +249,7 @@ def float16_layers(model: onnx.ModelProto, nodes: Iterable[str], *, extend: bool
     del graph.node[:]
     graph.node.extend(ordered)
     graph.initializer.extend(new_initializers)
-    used = _names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+    used = names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
     kept = [init for init in graph.initializer if init.name in used]
     del graph.initializer[:]
     graph.initializer.extend(kept)
@@ -423,7 +423,7 @@ def _element_types(model: onnx.ModelProto) -> dict[str, int]:
 
 def _all_names(model: onnx.ModelProto) -> set[str]:
     graph = model.graph
-    names = {init.name for init in graph.initializer} | {vi.name for vi in graph.input} | _names_used(graph)
+    names = {init.name for init in graph.initializer} | {vi.name for vi in graph.input} | names_used(graph)
     for node in graph.node:
         names.update(node.output)
         names.add(node.name)
@@ -441,7 +441,7 @@ def _unique(base: str, taken: set[str]) -> str:
 
 
 def _subgraphs_only(node: onnx.NodeProto) -> onnx.GraphProto:
-    """A graph holding ``node``'s subgraphs' nodes, so :func:`_names_used` sees what they read."""
+    """A graph holding ``node``'s subgraphs' nodes, so :func:`names_used` sees what they read."""
     holder = onnx.GraphProto()
     for attribute in node.attribute:
         for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else

@@ -17,9 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import onnx
-
-from ..evaluation.engine import Evaluation
+from ..evaluation.engine import Evaluation, QdqCandidate
 from .sensitivity import Scorer, headline
 
 LOOKAHEAD = 4
@@ -50,7 +48,7 @@ def within(evaluation: Evaluation, max_drop: float) -> bool:
     return drop_points(evaluation) <= max_drop + TOLERANCE
 
 
-def search(ranking: Sequence[str], base: Evaluation, make_model: Callable[[list[str]], onnx.ModelProto],
+def search(ranking: Sequence[str], base: Evaluation, make_model: Callable[[list[str]], QdqCandidate],
            scorer: Scorer, max_drop: float, max_float_layers: int, lookahead: int = LOOKAHEAD) -> SearchResult:
     """Greedy fallback of ``ranking``'s layers until the drop is within ``max_drop`` points."""
     current: list[str] = []

@@ -22,7 +22,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import onnx
@@ -30,10 +30,11 @@ from tqdm import tqdm
 
 from ..errors import QuantlabError
 from ..evaluation.compare import HeldOut
-from ..evaluation.engine import Evaluation, OrtRunner, evaluate
+from ..evaluation.engine import Evaluation, OrtRunner, QdqCandidate, evaluate, evaluate_sharded
+from ..executors import Executor
 from ..graph import ModelGraph
 from ..preprocess import DataFingerprint
-from ..qdq import QUANTIZED_OPS, export_qdq
+from ..qdq import QUANTIZED_OPS
 from ..table import CalibrationTable
 
 GROUP = 8  # variants scored in one pass over the evaluation data
@@ -75,7 +76,13 @@ class RecordedReference:
 
 @dataclass
 class Scorer:
-    """Scores Q/DQ model variants on the evaluation data against FP32, in groups of sessions."""
+    """Scores Q/DQ model variants on the evaluation data against FP32, in groups of sessions.
+
+    Variants are :class:`~quantlab.evaluation.engine.QdqCandidate` (ranges and fallback layers,
+    small to ship) or ready models. With an ``executor`` other than ``local`` each group of
+    candidates is evaluated in shards of samples on its workers (each builds the models itself)
+    and merged in shard order: the same numbers, bit for bit, as here.
+    """
 
     graph: ModelGraph
     held: HeldOut
@@ -88,6 +95,7 @@ class Scorer:
     progress: bool = True
     group: int = GROUP
     limit: Optional[int] = None  # score on the first ``limit`` evaluation samples only (a ranking subset)
+    executor: Optional[Executor] = None
 
     def __post_init__(self) -> None:
         self.fingerprint = DataFingerprint()  # of the evaluation samples, taken on the first pass
@@ -103,9 +111,10 @@ class Scorer:
         if not limit or limit >= len(self.held):
             return self
         return Scorer(self.graph, self.held, self.outputs, self.metric, self.metric_params, self.arithmetic,
-                      self.providers, self.per_run, self.progress, self.group, limit)
+                      self.providers, self.per_run, self.progress, self.group, limit, self.executor)
 
-    def score(self, models: dict[str, onnx.ModelProto], desc: str = "scoring") -> dict[str, Evaluation]:
+    def score(self, models: dict[str, Union[QdqCandidate, onnx.ModelProto]],
+              desc: str = "scoring") -> dict[str, Evaluation]:
         """Each model's evaluation, ``group`` sessions per pass over the data."""
         labels = list(models)
         found: dict[str, Evaluation] = {}
@@ -118,9 +127,24 @@ class Scorer:
         return found
 
 
-def score_group(scorer: Scorer, models: dict[str, onnx.ModelProto], bar=None) -> dict[str, Evaluation]:
-    """One pass over the evaluation data scoring ``models`` (the unit an executor fans out)."""
-    candidates = {label: OrtRunner(model, (), scorer.providers, scorer.arithmetic) for label, model in models.items()}
+def score_group(scorer: Scorer, models: dict[str, Union[QdqCandidate, onnx.ModelProto]],
+                bar=None) -> dict[str, Evaluation]:
+    """One pass over the evaluation data scoring ``models``: here, or in shards on the executor."""
+    sharded = (scorer.executor is not None and scorer.executor.workers > 1
+               and all(isinstance(m, QdqCandidate) for m in models.values()))
+    if sharded:
+        results, fingerprint = evaluate_sharded(
+            scorer.graph, scorer.held.data, models, scorer.outputs, scorer.executor, providers=scorer.providers,
+            arithmetic=scorer.arithmetic, metric=scorer.metric, metric_params=scorer.metric_params, progress=False,
+            limit=scorer.limit)
+        if scorer.passes == 0:
+            scorer.fingerprint = fingerprint
+        scorer.passes += 1
+        if bar is not None:
+            bar.update(scorer.samples * len(models))
+        return results
+    candidates = {label: OrtRunner(m.build(scorer.graph) if isinstance(m, QdqCandidate) else m, (), scorer.providers,
+                                   scorer.arithmetic) for label, m in models.items()}
 
     class _Bar:  # the pass advances the bar once per sample per candidate
         def update(self, n: int) -> None:
@@ -142,10 +166,10 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
             if node.op_type in QUANTIZED_OPS and node.name and any(i in dequantized for i in node.input[:2])]
 
 
-def variant(graph: ModelGraph, table: CalibrationTable, floating: Iterable[str]) -> onnx.ModelProto:
-    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ."""
-    model, _ = export_qdq(graph, table.activations, table.weights, exclude_nodes=list(floating))
-    return model
+def variant(table: CalibrationTable, floating: Iterable[str]) -> QdqCandidate:
+    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ (built where it is
+    scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
+    return QdqCandidate(dict(table.activations), dict(table.weights), exclude_nodes=tuple(floating))
 
 
 def headline(evaluation: Evaluation) -> tuple[float, float, str]:
@@ -186,10 +210,10 @@ class Sensitivity:
 def analyse(graph: ModelGraph, table: CalibrationTable, scorer: Scorer, layers: Sequence[str],
             base: Evaluation, *, only_quantized: bool = True) -> Sensitivity:
     """Score every layer alone in float (and alone quantized) and rank them (module docstring)."""
-    models = {f"float:{layer}": variant(graph, table, [layer]) for layer in layers}
+    models = {f"float:{layer}": variant(table, [layer]) for layer in layers}
     if only_quantized:
         for layer in layers:
-            models[f"int8:{layer}"] = variant(graph, table, [other for other in layers if other != layer])
+            models[f"int8:{layer}"] = variant(table, [other for other in layers if other != layer])
     results = scorer.score(models, desc=f"sensitivity of {len(layers)} layers")
     base_score = headline(base)[0]
     base_sqnr = first_sqnr(base)
