@@ -9,7 +9,6 @@ The CLI (:mod:`quantlab.cli`) is a thin layer over these functions.
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
 import math
 import sys
@@ -204,37 +203,14 @@ def collect_shard(task: CollectShard) -> Statistics:
     data = DataTask(task.model, task.data)
     dataset = data.open()
     indices = data.selection(dataset)[task.start:task.stop]
-    with _session_threads(task.ort_threads):
-        collector = ActivationCollector(graph, select_tensors(graph, task.tensors), bins=task.bins,
-                                        providers=task.providers, threads=task.threads)
+    collector = ActivationCollector(graph, select_tensors(graph, task.tensors), bins=task.bins,
+                                    providers=task.providers, threads=task.threads, ort_threads=task.ort_threads or 0)
     shapes: dict[str, list] = {}
     batches = _recording_shapes(iterate_batches(dataset, indices, graph.inputs, task.data.preprocess,
                                                 task.batch_size), shapes)
     stats = collector.collect(_reported(batches), total=len(indices), progress=False)
     stats.input_shapes = shapes
     return stats
-
-
-@contextlib.contextmanager
-def _session_threads(threads: Optional[int]) -> Iterator[None]:
-    """ONNX Runtime sessions made in this block use ``threads`` intra-op threads (None: its default).
-
-    Workers sharing a machine must split its cores: ONNX Runtime's default is one thread per core
-    *per session*, so 16 workers would run 256 threads on 16 cores. The collector makes its session
-    through :func:`quantlab.collector.make_session`, which takes the count; only workers of a
-    parallel executor (one task at a time per process) set it, never the driver.
-    """
-    if not threads:
-        yield
-        return
-    from . import collector as module
-
-    original = module.make_session
-    module.make_session = functools.partial(original, threads=threads)
-    try:
-        yield
-    finally:
-        module.make_session = original
 
 
 def _reported(batches: Iterable) -> Iterator:

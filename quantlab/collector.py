@@ -96,14 +96,16 @@ class ActivationCollector:
 
     def __init__(self, graph: ModelGraph, tensors: Optional[Sequence[str]] = None,
                  bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
-                 threads: Optional[int] = None, activation_budget: int = ACTIVATION_BUDGET):
+                 threads: Optional[int] = None, activation_budget: int = ACTIVATION_BUDGET,
+                 ort_threads: int = 0):
         self.graph = graph
         self.activation_budget = activation_budget
         names = list(tensors if tensors is not None else graph.activations)
         # Model inputs are histogrammed straight from the feeds, not echoed back by the session.
         self.input_names = [n for n in names if n in {spec.name for spec in graph.inputs}]
         extended = add_outputs(graph.model, [n for n in names if n not in self.input_names])
-        self.session = make_session(extended.SerializeToString(), providers, spinning=False)
+        # ort_threads: ONNX Runtime's intra-op threads (0: one per core); workers sharing a machine split it.
+        self.session = make_session(extended.SerializeToString(), providers, threads=ort_threads, spinning=False)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.statistics = Statistics.empty(graph.sha256, names, bins)
         self.threads = max(1, threads if threads is not None else available_cpus())
