@@ -1,4 +1,4 @@
-"""Scale-out benchmark: wall time of ``quantlab collect`` and ``quantlab sweep`` against the executor
+"""Scale-out benchmark: wall time of ``quantlab collect``, ``sweep`` and ``tune`` against the executor
 and its number of workers, and a cost model of N nodes that says where scaling stops.
 
     python benchmarks/scale.py --label "2-core AMD EPYC (this machine)" --workers 1 2 \\
@@ -126,6 +126,9 @@ def workload_command(workload: str, out: Path, args) -> list[str]:
         return ["collect", "--batch-size", str(BATCH), "-o", str(out), "-q"]
     if workload == "sweep:fashion":
         return ["sweep", "--batch-size", str(BATCH), "--json", "-q"]
+    if workload == "tune:fashion":  # a budget that binds: the sensitivity and a few search steps run
+        return ["tune", "--batch-size", str(BATCH), "--max-drop", "0", "--max-float-layers", "3", "--sensitivity",
+                "float", "--eval-num-samples", "500", "-o", str(out.with_name("tuned.qdq.onnx")), "--json", "-q"]
     if workload == "sweep:mobilenetv2":
         data = str(mobilenet_data())
         return ["sweep", model, "--data", data, "--num-samples", str(args.mobilenet_samples), "--eval-data", data,
@@ -138,6 +141,9 @@ def output_digest(workload: str, out: Path, stdout: str) -> str:
     if workload.startswith("collect"):
         return hashlib.sha256(out.read_bytes()).hexdigest()
     data = json.loads(stdout)
+    if workload.startswith("tune"):
+        kept = {key: data[key] for key in ("all_int8", "sensitivity", "ranking", "search", "fallback", "written")}
+        return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
     return hashlib.sha256(json.dumps(data["results"], sort_keys=True).encode()).hexdigest()
 
 
@@ -165,6 +171,7 @@ def measure(workload: str, executor: str, workers, args) -> dict:
            "repeatable": len({r["digest"] for r in runs}) == 1,
            "samples": (args.mobilenet_samples if workload.endswith("mobilenetv2") else 512) if workload.startswith(
                "collect") else ("512 + 1000 held-out" if workload == "sweep:fashion"
+                                else "512 + 500 held-out" if workload == "tune:fashion"
                                 else f"{args.mobilenet_samples} + {args.mobilenet_sweep_samples} held-out")}
     print(f"{workload:22s} {executor:10s} {str(workers or '-'):>3s}  {row['seconds']:7.2f} s  {row['digest'][:12]}",
           file=sys.stderr)
@@ -463,7 +470,8 @@ def main() -> None:
                         choices=["local", "processes", "ray"])
     parser.add_argument("--workloads", nargs="+",
                         default=["collect:mobilenetv2", "collect:fashion", "sweep:fashion"],
-                        choices=["collect:mobilenetv2", "collect:fashion", "sweep:fashion", "sweep:mobilenetv2"])
+                        choices=["collect:mobilenetv2", "collect:fashion", "sweep:fashion", "sweep:mobilenetv2",
+                                 "tune:fashion"])
     parser.add_argument("--mobilenet-samples", type=int, default=1024)
     parser.add_argument("--mobilenet-sweep-samples", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each collect figure (median)")

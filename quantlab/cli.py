@@ -181,6 +181,12 @@ def _data_spec(args: argparse.Namespace) -> DataSpec:
                     args.batch_size, args.seed)
 
 
+def _eval_spec(args: argparse.Namespace, calib: DataSpec) -> DataSpec:
+    """The evaluation data of sweep and tune: --eval-data, read as the calibration data is."""
+    return DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples, args.batch_size,
+                    args.seed)
+
+
 def _parse_params(pairs: Optional[Sequence[str]], flag: str = "--param") -> dict:
     params = {}
     for pair in pairs or []:
@@ -217,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
                          epilog=EPILOG_CALIBRATE, formatter_class=argparse.RawDescriptionHelpFormatter)
     cal.add_argument("model", nargs="?", help="ONNX model (default: the embedded Fashion-MNIST CNN)")
     cal.add_argument("--method", default="entropy", help="calibration method (default entropy; auto: per "
-                     "tensor, the method whose range causes the least error in the layers reading it; "
-                     "see --list-methods)")
+                     "tensor, among every method's range, judged by the error at the graph outputs on "
+                     "calibration samples; see --list-methods)")
     cal.add_argument("--param", action="append", metavar="NAME=VALUE",
                      help="method parameter, e.g. p=99.9 for percentile (repeatable)")
     cal.add_argument("-o", "--output", metavar="CACHE", help="TensorRT cache to write "
@@ -488,8 +494,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.eval_data is None and args.model is not None:
         raise QuantlabError("tune needs --eval-data (samples not used for calibration) for a model of your own")
     calib = _data_spec(args)
-    heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
-                       args.batch_size, args.seed)
+    heldout = _eval_spec(args, calib)
     model_path = Path(args.model) if args.model else defaults.MODEL
     output = args.output or f"{model_path.stem}.tuned.qdq.onnx"
     with _executor(args) as executor:
@@ -517,8 +522,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.eval_data is None and args.model is not None:
         raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
     calib = _data_spec(args)
-    heldout = DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples,
-                       args.batch_size, args.seed)
+    heldout = _eval_spec(args, calib)
     with _executor(args) as executor:
         data = sweep(args.model, calib, heldout, report=args.report, pick=args.pick, outputs=args.output,
                      trt_version=parse_version(args.trt_version), providers=args.provider, bins=args.bins,

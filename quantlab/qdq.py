@@ -29,7 +29,7 @@ from onnx import helper, numpy_helper
 
 from .errors import QuantlabError
 from .graph import ModelGraph, upgrade_opset
-from .weights import WeightRange, per_channel_amax
+from .weights import WeightRange, per_channel_amax, quantize_weight
 
 PLACEMENTS = ("compute", "residual")
 
@@ -202,12 +202,7 @@ def _quantize_weight(model: onnx.ModelProto, name: str, w: np.ndarray, channel_a
     axis = axis % w.ndim
     if channel_amax.shape != (w.shape[axis],):
         raise QuantlabError(f"weight {name!r}: {channel_amax.shape[0]} channel ranges for {w.shape[axis]} channels")
-    # An all-zero channel has no range; any scale represents its zeros exactly, so use amax 1.
-    safe = np.where(channel_amax > 0, channel_amax, 1.0)
-    scales = (safe / 127.0).astype(np.float32)
-    shape = [1] * w.ndim
-    shape[axis] = -1
-    q = np.clip(np.rint(w / scales.reshape(shape)), -127, 127).astype(np.int8)
+    q, scales = quantize_weight(w, channel_amax, axis)
     base = _safe(name)
     model.graph.initializer.extend([
         numpy_helper.from_array(q, f"{base}_int8"),

@@ -264,13 +264,16 @@ def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, 
 class QdqCandidate:
     """A Q/DQ model as its ranges: small to ship; :func:`~quantlab.qdq.export_qdq` rebuilds it where
     it runs. ``model``: the one the driver built already (used in place under ``local``; dropped in
-    transit, a worker elsewhere builds its own from the same ranges)."""
+    transit, a worker elsewhere builds its own from the same ranges). ``float16``: the layers of
+    ``exclude_nodes`` compute in float16 (:func:`quantlab.tune.precision.float16_layers`), as
+    ``tune`` writes them, so what is scored is what is written."""
 
     activations: dict[str, float]
     weights: Optional[dict] = None
     exclude_nodes: tuple = ()
     exclude_ops: tuple = ()
     placement: str = "compute"
+    float16: bool = False
     model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -282,6 +285,10 @@ class QdqCandidate:
 
             self.model, _ = export_qdq(graph, self.activations, self.weights, exclude_nodes=self.exclude_nodes,
                                        exclude_ops=self.exclude_ops, placement=self.placement)
+            if self.float16 and self.exclude_nodes:
+                from ..tune.precision import float16_layers
+
+                self.model = float16_layers(self.model, self.exclude_nodes)
         return self.model
 
 

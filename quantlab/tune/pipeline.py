@@ -37,13 +37,12 @@ from ..evaluation.engine import check_arithmetic
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
 from ..histogram import DEFAULT_BINS
+from ..qdq import QUANTIZED_OPS
 from ..report import Report, bar_figure
 from .auto import AUTO, AUTO_CANDIDATES, DEFAULT_SAMPLES
-from .precision import float16_layers, trt_cache_without, trtexec_command
+from .precision import FP16_MAX, HIGH_PRECISIONS, trt_cache_without, trtexec_command
 from .search import drop_points, search, within
 from .sensitivity import Scorer, analyse, first_sqnr, headline, quantized_layers, variant
-
-HIGH_PRECISIONS = ("fp16", "fp32")
 
 
 def tuned_paths(output: Union[str, Path]) -> dict[str, Path]:
@@ -86,6 +85,9 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
                             params=("max_drop",))
     if max_float_layers is not None and max_float_layers < 0:
         raise QuantlabError(f"`max_float_layers` must be >= 0, got {max_float_layers}", params=("max_float_layers",))
+    if ranking_samples is not None and not (isinstance(ranking_samples, int) and ranking_samples > 0):
+        raise QuantlabError(f"`ranking_samples` must be a positive integer or None (all), got {ranking_samples!r}",
+                            params=("ranking_samples",))
     if sensitivity not in ("both", "float"):
         raise QuantlabError(f"`sensitivity` must be 'both' or 'float', got {sensitivity!r}", params=("sensitivity",))
     graph = resolve_model(model)
@@ -132,17 +134,16 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     else:
         ranker = scorer.subset(ranking_samples)
         ranked_base = base if ranker is scorer else ranker.score({AUTO: base_model}, desc="scoring auto")[AUTO]
-        analysis = analyse(graph, table, ranker, layers, ranked_base, only_quantized=sensitivity == "both")
+        analysis = analyse(graph, table, ranker, layers, ranked_base, only_quantized=sensitivity == "both",
+                           high_precision=high_precision)
         scorer.passes += ranker.passes if ranker is not scorer else 0
-        found = search(analysis.ranking, base, lambda chosen: variant(table, chosen), scorer, max_drop, limit)
+        found = search(analysis.ranking, base, lambda chosen: variant(table, chosen, high_precision), scorer,
+                       max_drop, limit)
         fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
 
-    fallback_model = variant(table, fallback).build(graph)
-    cache_ranges = trt_cache_without(table.activations, fallback_model, fallback)
-    written, written_eval = fallback_model, final_eval
-    if high_precision == "fp16" and fallback:
-        written = float16_layers(fallback_model, fallback)
-        written_eval = scorer.score({"written": written}, desc="scoring the fp16 model")["written"]
+    # Every step above scored the model written here (fp16 fallback included): no re-scoring.
+    cache_ranges = trt_cache_without(table.activations, variant(table, fallback).build(graph), fallback)
+    written, written_eval = variant(table, fallback, high_precision).build(graph), final_eval
 
     data = {
         "kind": "tune",
@@ -173,6 +174,18 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     if overlap:
         data["notes"].append(f"WARNING: {overlap} evaluation samples were also calibration samples; the accuracy "
                              "numbers are optimistic")
+    unnamed = [node.op_type for node in graph.model.graph.node
+               if node.op_type in QUANTIZED_OPS and not node.name]
+    if unnamed:
+        data["notes"].append(f"{len(unnamed)} quantized layer(s) have no ONNX node name, so they cannot be named to "
+                             "TensorRT or kept in float: they stay INT8 and are not ranked")
+    if high_precision == "fp16":
+        wide = sorted({name for node in graph.model.graph.node if node.name in set(fallback)
+                       for name in list(node.input[:1]) + list(node.output[:1])
+                       if table.activations.get(name, 0.0) > FP16_MAX})
+        if wide:
+            data["notes"].append(f"WARNING: {len(wide)} tensor(s) at the fallback layers reach beyond the fp16 range "
+                                 f"(e.g. {wide[0]!r}, amax {table.activations[wide[0]]:.4g}): use high_precision fp32")
     if not data["met"]:
         data["notes"].append(f"the budget of {max_drop} points was not met: the best reached is a drop of "
                              f"{data['written']['drop']:.2f} points with {len(fallback)} float layer(s)"

@@ -70,7 +70,7 @@ DATA_MOVEMENT_OPS = frozenset({
     "Slice", "DepthToSpace", "SpaceToDepth",
 })
 
-_FP16_MAX = float(np.finfo(np.float16).max)
+FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def fallback_nodes(model: onnx.ModelProto, nodes: Iterable[str]) -> list[onnx.NodeProto]:
@@ -217,7 +217,7 @@ def float16_layers(model: onnx.ModelProto, nodes: Iterable[str], *, extend: bool
                 if not _fits_fp16(initializers[name]):
                     peak = float(np.max(np.abs(array[np.isfinite(array)]))) if np.isfinite(array).any() else np.inf
                     raise QuantlabError(f"{label} cannot compute in float16: its initializer {name!r} holds values up "
-                                        f"to {peak:.4g}, beyond float16's {_FP16_MAX:.0f}; keep it in fp32 "
+                                        f"to {peak:.4g}, beyond float16's {FP16_MAX:.0f}; keep it in fp32 "
                                         "(`high_precision`)", params=("high_precision",))
                 copy = numpy_helper.from_array(array.astype(np.float16), _unique(f"{name}_fp16", taken))
                 new_initializers.append(copy)
@@ -405,7 +405,7 @@ def _fits_fp16(init: onnx.TensorProto) -> bool:
         return True
     array = numpy_helper.to_array(init)
     finite = array[np.isfinite(array)]
-    return finite.size == 0 or float(np.max(np.abs(finite))) <= _FP16_MAX
+    return finite.size == 0 or float(np.max(np.abs(finite))) <= FP16_MAX
 
 
 def _element_types(model: onnx.ModelProto) -> dict[str, int]:

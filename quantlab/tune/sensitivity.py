@@ -166,10 +166,11 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
             if node.op_type in QUANTIZED_OPS and node.name and any(i in dequantized for i in node.input[:2])]
 
 
-def variant(table: CalibrationTable, floating: Iterable[str]) -> QdqCandidate:
-    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ (built where it is
-    scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
-    return QdqCandidate(dict(table.activations), dict(table.weights), exclude_nodes=tuple(floating))
+def variant(table: CalibrationTable, floating: Iterable[str], high_precision: str = "fp32") -> QdqCandidate:
+    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ, computing in
+    ``high_precision`` (built where it is scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
+    return QdqCandidate(dict(table.activations), dict(table.weights), exclude_nodes=tuple(floating),
+                        float16=high_precision == "fp16")
 
 
 def headline(evaluation: Evaluation) -> tuple[float, float, str]:
@@ -203,17 +204,15 @@ class Sensitivity:
     ranking: list[str]  # most sensitive first
     base: Evaluation  # every layer INT8
 
-    def row(self, layer: str) -> dict:
-        return next(r for r in self.rows if r["layer"] == layer)
-
 
 def analyse(graph: ModelGraph, table: CalibrationTable, scorer: Scorer, layers: Sequence[str],
-            base: Evaluation, *, only_quantized: bool = True) -> Sensitivity:
-    """Score every layer alone in float (and alone quantized) and rank them (module docstring)."""
-    models = {f"float:{layer}": variant(table, [layer]) for layer in layers}
+            base: Evaluation, *, only_quantized: bool = True, high_precision: str = "fp32") -> Sensitivity:
+    """Score every layer alone in float (``high_precision``; and alone quantized) and rank them
+    (module docstring)."""
+    models = {f"float:{layer}": variant(table, [layer], high_precision) for layer in layers}
     if only_quantized:
         for layer in layers:
-            models[f"int8:{layer}"] = variant(table, [other for other in layers if other != layer])
+            models[f"int8:{layer}"] = variant(table, [other for other in layers if other != layer], high_precision)
     results = scorer.score(models, desc=f"sensitivity of {len(layers)} layers")
     base_score = headline(base)[0]
     base_sqnr = first_sqnr(base)

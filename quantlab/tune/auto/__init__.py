@@ -27,8 +27,9 @@ FP32 and an INT8 path side by side (:mod:`.interpreter`):
 
 Tensors no quantized layer reads (a Conv output that feeds a ReLU, an Add input: only an implicit
 TensorRT build reads their ranges) get the candidate with the least quantization error of the
-tensor itself, from its histogram. Graphs with control flow (If/Loop/Scan) cannot run node by node:
-there ``auto`` judges only the single methods, as whole Q/DQ models, at the outputs.
+tensor itself, from its histogram. Graphs with control flow (If/Loop/Scan) and models with a fixed
+batch size cannot run node by node on a stack of samples: there ``auto`` judges only the single
+methods, as whole Q/DQ models, at the outputs.
 
 Cost, besides the one collection: the calibrators, one two-path pass that scores up to
 ``len(candidates)`` one-layer runs per quantized layer, one INT8 pass per single method, and the
@@ -51,7 +52,7 @@ from ...calibrate import DataSpec, calibrate_statistics, open_dataset
 from ...collector import ACTIVATION_BUDGET
 from ...errors import DataError, QuantlabError
 from ...evaluation.compare import method_label
-from ...evaluation.engine import OrtRunner, activation_bytes, slices
+from ...evaluation.engine import OrtRunner, activation_bytes
 from ...graph import ModelGraph
 from ...preprocess import iterate_batches, select_indices
 from ...qdq import QUANTIZED_OPS, export_qdq
@@ -88,7 +89,7 @@ class AutoChoice:
 
     methods: dict[str, str]  # tensor -> chosen candidate's label
     errors: dict[str, dict[str, float]]  # tensor -> candidate label -> its layer (or histogram) criterion
-    judged_by: dict[str, str]  # tensor -> "consumers" or "histogram"
+    judged_by: dict[str, str]  # tensor -> "consumers" (the layer criterion), "histogram" or "outputs" (whole models)
     samples: int
     seconds: float
     candidates: list[str] = field(default_factory=list)
@@ -161,12 +162,15 @@ def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, *,
     alternatives: dict[str, dict[str, str]] = {}  # tensor -> label, for each judged alternative
     used = 0
     if readers:
-        inputs = sample_inputs(graph, data, samples)
-        if has_subgraphs(graph):
-            used, network, alternatives = _judge_whole_models(graph, tables, labels, readers, inputs, providers)
+        fixed = next((spec.fixed_batch for spec in graph.inputs if spec.fixed_batch), None)
+        if has_subgraphs(graph) or fixed:
+            inputs = sample_inputs(graph, data, samples)
+            used, network, alternatives = _judge_whole_models(graph, tables, labels, readers, inputs, providers,
+                                                              fixed or 32)
         else:
-            used, network, alternatives = _judge_node_by_node(graph, tables, labels, readers, inputs, providers,
-                                                              budget, refine_passes, progress, errors, judged)
+            used, network, alternatives = _judge_node_by_node(graph, data, samples, tables, labels, readers,
+                                                              providers, budget, refine_passes, progress, errors,
+                                                              judged)
     for name in readers:
         judged.setdefault(name, "outputs")
     order = list(alternatives)
@@ -188,15 +192,20 @@ def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, *,
     return table, choice
 
 
-def _judge_node_by_node(graph: ModelGraph, tables: dict, labels: list[str], readers: dict[str, list[int]],
-                        inputs: dict[str, np.ndarray], providers, budget: int, refine_passes: float,
+def _judge_node_by_node(graph: ModelGraph, data: DataSpec, samples: int, tables: dict, labels: list[str],
+                        readers: dict[str, list[int]], providers, budget: int, refine_passes: float,
                         progress: bool, errors: dict, judged: dict) -> tuple[int, dict, dict]:
-    """Steps 1-3 of the module docstring; fills ``errors``/``judged`` for the layer criterion."""
-    probe = {k: v[:1] for k, v in inputs.items()}
-    sizes = activation_bytes(graph.model, list(dict.fromkeys(graph.activations)), probe, providers)
-    # Two paths of live values plus the candidates' outputs at one layer; the refinement keeps every value.
-    used = min(len(next(iter(inputs.values()))), max(1, int(budget // max(3 * peak_bytes(graph, sizes), 1))))
-    inputs = {k: v[:used] for k, v in inputs.items()}
+    """Steps 1-3 of the module docstring; fills ``errors``/``judged`` for the layer criterion.
+
+    Memory: one sample's activations are measured first; the two-path passes then take as many
+    samples as fit ``budget`` with two paths of live values and the candidates' outputs at one
+    layer, and the refinement (which keeps every INT8 value, twice while it tries a move) as many
+    as fit it with all of them."""
+    sizes = activation_bytes(graph.model, list(dict.fromkeys(graph.activations)), sample_inputs(graph, data, 1),
+                             providers)
+    used = min(samples, max(1, int(budget // max(3 * peak_bytes(graph, sizes), 1))))
+    inputs = sample_inputs(graph, data, used)
+    used = len(next(iter(inputs.values())))
     sessions = NodeSessions(graph, providers)
     values_of = {name: {tables[label].activations[name]: label for label in reversed(labels)} for name in readers}
 
@@ -224,7 +233,7 @@ def _judge_node_by_node(graph: ModelGraph, tables: dict, labels: list[str], read
             seen[key] = TwoPathRun(sessions, readers, fixed, reference).run(inputs)[0]
         alternatives[label], network[label] = dict.fromkeys(readers, label), seen[key]
     start = min(network, key=lambda label: (network[label], list(alternatives).index(label)))
-    kept = max(1, int(budget // max(sum(sizes.values()), 1)))  # the refinement holds every INT8 value
+    kept = max(1, int(budget // max(2 * sum(sizes.values()), 1)))
     refine_inputs = {k: v[:kept] for k, v in inputs.items()}
     refine_reference = {k: v[:kept] for k, v in reference.items()}
     begin = {name: tables[alternatives[start][name]].activations[name] for name in readers}
@@ -240,20 +249,32 @@ def _judge_node_by_node(graph: ModelGraph, tables: dict, labels: list[str], read
 
 
 def _judge_whole_models(graph: ModelGraph, tables: dict, labels: list[str], readers: dict,
-                        inputs: dict[str, np.ndarray], providers) -> tuple[int, dict, dict]:
-    """For graphs with control flow: each single method's Q/DQ model judged at the outputs."""
+                        inputs: dict[str, np.ndarray], providers, step: int) -> tuple[int, dict, dict]:
+    """For graphs with control flow (If/Loop/Scan) or a fixed batch size, which cannot run node by
+    node on a stack of samples: each single method's Q/DQ model judged at the outputs, ``step``
+    samples a run."""
     from ...preprocess import Batch
 
     count = len(next(iter(inputs.values())))
     batch = Batch(inputs, None, np.arange(count))
     reference_runner = OrtRunner(graph.model, (), providers)
-    reference = [reference_runner.run(b.inputs) for b in slices([batch], 32)]
+    reference = [reference_runner.run(b.inputs) for b in _runs(batch, step)]
     network, alternatives = {}, {}
     for label in labels:
         model, _ = export_qdq(graph, tables[label].activations, tables[label].weights)
         runner = OrtRunner(model, (), providers)
-        got = [runner.run(b.inputs) for b in slices([batch], 32)]
+        got = [runner.run(b.inputs) for b in _runs(batch, step)]
         network[label] = sum(relative_error(np.concatenate([g[n] for g in got]),
                                             np.concatenate([r[n] for r in reference])) for n in graph.output_names)
         alternatives[label] = dict.fromkeys(readers, label)
     return count, network, alternatives
+
+
+def _runs(batch, step: int):
+    """``batch`` in runs of exactly ``step`` samples (a fixed-batch model takes no other size)."""
+    from ...preprocess import Batch
+
+    count = len(batch.indices)
+    for start in range(0, count - count % step if count >= step else count, step):
+        part = slice(start, start + step)
+        yield Batch({k: v[part] for k, v in batch.inputs.items()}, None, batch.indices[part])

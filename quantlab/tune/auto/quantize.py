@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...weights import per_channel_amax
+from ...weights import per_channel_amax, quantize_weight
 
 
 def fake_quantize(x: np.ndarray, amax: float) -> np.ndarray:
@@ -20,14 +20,13 @@ def fake_quantize(x: np.ndarray, amax: float) -> np.ndarray:
 
 
 def fake_quantize_weight(w: np.ndarray, axis: int) -> np.ndarray:
-    """The dequantized INT8 weight quantlab's Q/DQ export computes (per-channel max |w|, [-127, 127])."""
+    """The dequantized INT8 weight quantlab's Q/DQ export computes (per-channel max |w|): its
+    DequantizeLinear, int8 times the float32 scale."""
     w = np.asarray(w, np.float32)
-    axis = axis % w.ndim
-    amax = per_channel_amax(w, axis)
+    q, scales = quantize_weight(w, per_channel_amax(w, axis), axis)
     shape = [1] * w.ndim
-    shape[axis] = -1
-    scales = (np.where(amax > 0, amax, 1.0) / 127.0).astype(np.float32).reshape(shape)
-    return (np.clip(np.rint(w / scales), -127, 127) * scales).astype(np.float32)
+    shape[axis % w.ndim] = -1
+    return q.astype(np.float32) * scales.reshape(shape)
 
 
 def histogram_error(counts: np.ndarray, edges: np.ndarray, amax: float) -> float:
