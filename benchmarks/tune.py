@@ -68,8 +68,10 @@ PEER_TOOLS = (("modelopt entropy", ["modelopt", "--method", "entropy"]),
 WORKLOADS = {
     "fashion": {"model": ROOT / "quantlab" / "defaults" / "fashion_mnist_cnn.onnx",
                 "tune": [("top1", 0.1), ("agreement", 0.5)]},
-    "mobilenetv2": {"model": ROOT / "benchmarks" / "data" / "mobilenetv2" / "model.onnx",
-                    "tune": [("agreement", 1.6)]},  # 64 evaluation samples: one disagreement allowed
+    # Seeded, untrained weights (benchmarks/models/make_mobilenetv2.py): fidelity and cost only. Its
+    # all-INT8 models agree with FP32 on about half of the samples whatever the tool, so an agreement
+    # budget says nothing about a trained network (NNCF had not met 0.5 points after 40 minutes).
+    "mobilenetv2": {"model": ROOT / "benchmarks" / "data" / "mobilenetv2" / "model.onnx", "tune": []},
     "ppocrv5_cls": {"corpus": "ppocrv5_cls", "calib": 64, "eval": 64, "tune": [("agreement", 1.6)]},
     "mtcnn_onet": {"corpus": "mtcnn_onet", "calib": 64, "eval": 64, "tune": []},
     "orinet": {"corpus": "orinet", "calib": 64, "eval": 32, "tune": []},
@@ -137,7 +139,8 @@ def run_workload(name: str, spec: dict, work: Path, peers: bool, tune_it: bool) 
         for label, argv in PEER_TOOLS:
             print(f"[{name}] {label}", file=sys.stderr)
             out = work / f"{label.replace(' ', '-')}.onnx"
-            record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.json")
+            record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.json",
+                              timeout=1200)
             peer_records[label] = {k: record.get(k) for k in ("ok", "error", "seconds", "versions") if k in record}
             if record.get("ok"):
                 models[label] = onnx.load(out)
@@ -178,7 +181,7 @@ def tune_against_nncf(graph, calib: DataSpec, files: dict, work: Path, metric_na
         print(f"[{Path(files['model']).name}] nncf-ac --max-drop {max_drop} ({metric_name})", file=sys.stderr)
         row["nncf"] = run_peer(["nncf-ac", files["model"], files["calib"], files["eval"], "--max-drop", max_drop,
                                 "--metric", metric_name, "-o", work / f"nncf-ac-{metric_name}.onnx"],
-                               work / f"nncf-ac-{metric_name}.json")
+                               work / f"nncf-ac-{metric_name}.json", timeout=1800)
     return row
 
 

@@ -574,7 +574,7 @@ def run_nncf_ac(model_path: str, x: np.ndarray, name: str, out: str, batch: int,
         "search_path": [points(e["metric"]) for e in seen["validated"]],
         "nncf_report": nncf_report,
         "validation_fn": {"calls": validation_fn.calls, "samples": validation_fn.samples,
-                          "full_set_calls": sum(e["items"] == len(ex) for e in validation_fn.log),
+                          "all_samples_calls": sum(e["items"] == len(ex) for e in validation_fn.log),
                           "seconds": validation_fn.seconds, "session_seconds": validation_fn.session_seconds},
     }
 

@@ -123,3 +123,23 @@ def test_tune_runs_end_to_end_on_a_paddle_export(tmp_path):
     assert data["met"] and data["metric"]["score_name"] == "top1_agreement"
     onnx.checker.check_model(onnx.load(tmp_path / "cls.qdq.onnx"))
     assert (tmp_path / "cls.cache").is_file() and (tmp_path / "cls.quantlab.json").is_file()
+
+
+def test_a_fallback_layer_before_an_output_with_a_wrong_declared_shape_runs_in_fp16(tmp_path):
+    """PP-OCRv5's classifier declares its [N, 2] output as a scalar; the fp16 model must still build and run."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from quantlab.calibrate import DataSpec, calibrate, resolve_model
+    from quantlab.tune.sensitivity import variant
+
+    model = corpus.by_name("ppocrv5_cls")
+    graph = resolve_model(installed(model))
+    corpus.write_split(model, "calibration", 8, tmp_path / "calib.npz")
+    spec = DataSpec(str(tmp_path / "calib.npz"))
+    spec.preprocess = type(spec.preprocess)(resize=model.resize, mean=model.mean, std=model.std)
+    table = calibrate(graph, spec, method="max", progress=False).table
+    half = variant(table, ["MatMul.0"], "fp16").build(graph)
+    session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
+    out = session.run(None, {graph.inputs[0].name: np.zeros((2, 3, 80, 160), np.float32)})[0]
+    assert out.shape == (2, 2) and out.dtype == np.float32
