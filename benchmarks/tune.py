@@ -141,7 +141,8 @@ def run_workload(name: str, spec: dict, work: Path, peers: bool, tune_it: bool) 
             out = work / f"{label.replace(' ', '-')}.onnx"
             record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.json",
                               timeout=1200)
-            peer_records[label] = {k: record.get(k) for k in ("ok", "error", "seconds", "versions") if k in record}
+            peer_records[label] = {k: record.get(k) for k in ("ok", "error", "seconds", "versions", "float_layers",
+                                                              "partial_layers") if k in record}
             if record.get("ok"):
                 models[label] = onnx.load(out)
     print(f"[{name}] scoring {len(models)} models", file=sys.stderr)
@@ -185,6 +186,15 @@ def tune_against_nncf(graph, calib: DataSpec, files: dict, work: Path, metric_na
     return row
 
 
+def left_in_float(peer) -> str:
+    """The Conv/Gemm/MatMul layers a peer's model leaves without Q/DQ (quantlab's: none)."""
+    if not peer:
+        return "0"
+    names = (peer.get("float_layers") or []) + (peer.get("partial_layers") or [])
+    return f"{len(names)}" + (f" ({', '.join(f'`{n}`' for n in names[:2])}{' ...' if len(names) > 2 else ''})"
+                              if names else "")
+
+
 def fmt(value, digits: int = 4) -> str:
     if value is None:
         return "-"
@@ -200,7 +210,10 @@ def markdown(results: dict, meta: dict) -> str:
              f"Measured {meta['date']} on {meta['machine']} with `python benchmarks/tune.py` (one run; peers in "
              f"child processes, {meta['peers_python']}). Every INT8 model is scored by quantlab's evaluation engine "
              "in TensorRT-faithful arithmetic (each Q/DQ executed as written, float accumulation of exactly "
-             "dequantized int8 values) on the evaluation split, against the FP32 model.", ""]
+             "dequantized int8 values) on the evaluation split, against the FP32 model. quantlab's models quantize "
+             "every Conv/Gemm/MatMul; a peer's may leave some in float (last column, from the peer's own model: "
+             "ModelOpt's default placement leaves small Gemm/MatMul heads such as a classifier's in float), which is "
+             "fidelity bought with float layers, not with better ranges.", ""]
     lines += ["## 1. Fidelity of all-INT8 models (first output vs FP32, evaluation split)", ""]
     for name, r in results.items():
         if "error" in r:
@@ -211,15 +224,16 @@ def markdown(results: dict, meta: dict) -> str:
                   f"evaluation samples, {r['quantized_layers']} quantized layers. auto chose "
                   + ", ".join(f"{k} {v}" for k, v in r["auto"]["chosen_counts"].items())
                   + f" (winner at the outputs on calibration samples: {r['auto']['winner']}).", "",
-                  "| ranges | SQNR dB | cosine | top-1 agreement | top-1 (labels) | worst output SQNR dB |",
-                  "|---|---|---|---|---|---|"]
+                  "| ranges | SQNR dB | cosine | top-1 agreement | top-1 (labels) | worst output SQNR dB | "
+                  "layers left in float |",
+                  "|---|---|---|---|---|---|---|"]
         ranked = sorted(r["fidelity"].items(), key=lambda item: -(item[1].get("sqnr_db") or -1e9))
         for label, row in ranked:
             bold = "**" if label == "auto" else ""
             lines.append(f"| {bold}{label}{bold} | {fmt(row.get('sqnr_db'), 2)} | "
                          f"{fmt(row.get('cosine_similarity'), 5)} | {fmt(row.get('top1_agreement'))} | "
                          f"{fmt(row.get('int8_top1'))} | "
-                         f"{fmt(row.get('worst_output_sqnr_db'), 2)} |")
+                         f"{fmt(row.get('worst_output_sqnr_db'), 2)} | {left_in_float(r['peers'].get(label))} |")
         failed = {k: v.get("error") for k, v in r["peers"].items() if not v.get("ok")}
         for label, error in failed.items():
             lines.append(f"\n{label} failed: {str(error)[:300]}")
@@ -250,8 +264,46 @@ def markdown(results: dict, meta: dict) -> str:
             elif n:
                 lines.append(f"| {name} | | {budget} | NNCF accuracy control | failed: {str(n.get('error'))[:200]} "
                              "| | | | |")
-    lines.append("")
+    lines += ["", "## Targets", ""] + targets(results) + [""]
     return "\n".join(lines)
+
+
+QUANTLAB_METHODS = tuple(method_label(m, p) for m, p in AUTO_CANDIDATES)
+
+
+def targets(results: dict) -> list[str]:
+    """Each target of the issue, met or missed, with the numbers (SQNR of the first output, evaluation split)."""
+    out = []
+    for name, r in results.items():
+        if "fidelity" not in r:
+            continue
+        f = r["fidelity"]
+        auto = f["auto"]["sqnr_db"]
+        best_label = max((k for k in QUANTLAB_METHODS if k in f), key=lambda k: f[k]["sqnr_db"])
+        best = f[best_label]["sqnr_db"]
+        verdict = "met" if auto >= best else "missed"
+        line = f"- {name}: auto {auto:.2f} dB vs the best single method, {best_label}, {best:.2f} dB: **{verdict}**"
+        if "modelopt entropy" in f:
+            m = f["modelopt entropy"]["sqnr_db"]
+            line += f"; vs ModelOpt entropy {m:.2f} dB: **{'met' if auto >= m else 'missed'}**"
+        out.append(line + ".")
+    for name, r in results.items():
+        if "cost" in r:
+            ratio = r["cost"]["ratio"]
+            out.append(f"- cost on {name}: auto {ratio:.2f}x entropy (target at most 5x): "
+                       f"**{'met' if ratio <= 5 else 'missed'}**.")
+    for name, r in results.items():
+        for row in r.get("tune", []):
+            q, n = row["quantlab"], row.get("nncf") or {}
+            if not n.get("ok"):
+                continue
+            fewer = q["met"] and q["float_layers"] <= n.get("float_count", 0) + n.get("partial_count", 0)
+            faster = q["seconds"] < n["seconds"]["tool"]
+            out.append(f"- tune on {name} ({row['metric']}, {row['max_drop']} points): {q['float_layers']} float "
+                       f"layers in {q['seconds']:.1f} s vs NNCF {n.get('float_count')} in "
+                       f"{n['seconds']['tool']:.1f} s: "
+                       f"**{'met' if fewer and faster else 'missed'}**.")
+    return out
 
 
 def main() -> int:
@@ -261,7 +313,12 @@ def main() -> int:
     parser.add_argument("--no-tune", action="store_true", help="fidelity and cost only")
     parser.add_argument("--work", type=Path, help="keep the intermediate files here")
     parser.add_argument("--out", type=Path, default=REPORTS / "tune.md")
+    parser.add_argument("--render-only", action="store_true", help="rewrite the markdown from the JSON")
     args = parser.parse_args()
+    if args.render_only:
+        saved = json.loads(args.out.with_suffix(".json").read_text())
+        args.out.write_text(markdown(saved["results"], saved["meta"]))
+        return 0
     peers = not args.no_peers and PEERS_PYTHON.exists()
     work = args.work or Path(tempfile.mkdtemp(prefix="quantlab-tune-bench-"))
     previous = {}
