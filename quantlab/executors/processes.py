@@ -78,27 +78,16 @@ class ProcessExecutor(Executor):
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 broken = []
                 for future in done:
-                    index = pending.pop(future)
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool:
-                        broken.append(index)
-                        continue
-                    if isinstance(outcome, Failure):
-                        raise outcome.error()
-                    yield index, self._record(outcome, progress)
+                    settled = self._settled(future, pending.pop(future), broken, progress)
+                    if settled is not None:
+                        yield settled
                 if broken:
                     # Every unfinished task of a broken pool fails; wait for all of them to say so.
                     for future, index in list(pending.items()):
                         del pending[future]
-                        try:
-                            outcome = future.result()
-                        except BrokenProcessPool:
-                            broken.append(index)
-                            continue
-                        if isinstance(outcome, Failure):
-                            raise outcome.error()
-                        yield index, self._record(outcome, progress)
+                        settled = self._settled(future, index, broken, progress)
+                        if settled is not None:
+                            yield settled
                     restarts += 1
                     if restarts > MAX_RETRIES:
                         raise QuantlabError(
@@ -116,6 +105,18 @@ class ProcessExecutor(Executor):
                     future.cancel()
                 self._kill(self._pool)
                 self._pool = None
+
+    def _settled(self, future: Future, index: int, broken: list, progress) -> Optional[tuple[int, Any]]:
+        """``(index, result)`` of a finished task; None when its pool broke (``index`` joins ``broken``).
+        A task that failed raises its error here."""
+        try:
+            outcome = future.result()
+        except BrokenProcessPool:
+            broken.append(index)
+            return None
+        if isinstance(outcome, Failure):
+            raise outcome.error()
+        return index, self._record(outcome, progress)
 
     @staticmethod
     def _kill(pool: Optional[ProcessPoolExecutor]) -> None:
