@@ -262,8 +262,14 @@ def markdown(results: dict, meta: dict) -> str:
                              f"{fmt(n.get('final_drop_points'), 2)} | {'yes' if n.get('met') else 'no'} | "
                              f"{fmt(n.get('seconds', {}).get('tool'), 1)} |")
             elif n:
-                lines.append(f"| {name} | | {budget} | NNCF accuracy control | failed: {str(n.get('error'))[:200]} "
-                             "| | | | |")
+                error = " ".join(str(n.get("error")).split())[:200]
+                partial = n.get("partial") if isinstance(n.get("partial"), dict) else {}
+                path = [v for v in partial.get("search_path") or [] if v is not None]
+                start = partial.get("initial_int8_metric", 0) / 100
+                best = (f"its search reached {path[-1] / 100:.4f} (from {start:.4f} in {len(path)} evaluations), "
+                        if path else "")
+                lines.append(f"| {name} | | {budget} | NNCF accuracy control | - | {best}then failed: {error} | | no | "
+                             f"{fmt(partial.get('seconds_in_tool'), 1)} |")
     lines += ["", "## Targets", ""] + targets(results) + [""]
     return "\n".join(lines)
 
