@@ -380,8 +380,8 @@ def findings(results: dict) -> list[str]:
                                              f"{one['seconds']:.2f} s" for label, local, one in sweeps)
                      + ". Its statistics collection and its evaluation run as shards; calibrating the methods (method "
                      "`auto` runs the model on calibration samples to judge ranges) and the report stay in the driver, "
-                     "which bounds its scaling. A worker's ONNX Runtime sessions (FP32 and one per method) have their "
-                     "threads pinned and do not spin while idle; `local` keeps ONNX Runtime's defaults.")
+                     "which bounds its scaling. Evaluation sessions (FP32 and one per method) do not spin while idle, "
+                     "under every executor; a worker's also have their threads pinned.")
         digests = {r["digest"] for m in results["machines"].values() for r in m["runs"]
                    if r["workload"] == "sweep:fashion"}
         if len(digests) == 1:
