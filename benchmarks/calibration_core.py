@@ -377,17 +377,21 @@ def bench_memory(counts: list[int], batch_size: int, tmp: Path) -> list[dict]:
     return rows
 
 
-def machine_info() -> dict:
-    import onnxruntime
-
-    cpu = platform.processor() or "?"
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one), for the reports' machine lines."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or "?"
+
+
+def machine_info() -> dict:
+    import onnxruntime
+
+    cpu = cpu_name()
     try:
         import numba
         numba_version = numba.__version__

@@ -232,15 +232,11 @@ def machine_info(label: str) -> dict:
         kernel = f"numba {numba.__version__}"
     except ImportError:
         kernel = "numpy path (numba not installed)"
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from calibration_core import cpu_name
+
     from quantlab.collector import available_cpus
+
+    cpu = cpu_name()
 
     return {"label": label, "cpus": available_cpus(), "cpu": cpu, "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "histogram_kernel": kernel,

@@ -370,23 +370,35 @@ def evaluate_shard(task: EvaluationShard) -> ShardEvaluation:
     return ShardEvaluation(states, fingerprint)
 
 
-def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate], outputs: Sequence[str],
-                     executor: Executor, *,
-                     providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", metric: str = "auto",
-                     metric_params: Optional[dict] = None, progress: bool = True,
-                     desc: str = "evaluating", limit: Optional[int] = None
-                     ) -> tuple[dict[str, Evaluation], DataFingerprint]:
-    """Every candidate against the FP32 ``graph`` on the held-out ``data`` (a DataSpec), in shards of
-    whole batches run by ``executor`` and merged in shard order: the numbers of one pass, bit for bit.
-    ``limit``: only the first ``limit`` samples of the selection (tune's ranking subset).
-    Returns each candidate's :class:`Evaluation` and the fingerprint of the held-out samples."""
+def _portable(graph, data: DataSpec) -> tuple[DataSpec, ModelRef]:
+    """The held-out data and the model as tasks carry them, checked first."""
     if data.source is None and not _is_default_model(graph):
         raise DataError("no held-out data given for this model: set `data`", params=("data",))
     check_batch_size(data.batch_size)
     data.preprocess.check_against(graph.inputs)
     spec = replace(data, source=portable_source(data.source if data.source is not None else defaults.HELDOUT_DATA))
-    ref = ModelRef.of(graph)
-    plan = executor.map(plan_heldout, [DataTask(ref, spec)])[0]
+    return spec, ModelRef.of(graph)
+
+
+def heldout_plan(graph, data: DataSpec, executor: Executor) -> HeldOutPlan:
+    """How many held-out samples ``data`` selects and how many one run may take, measured on a worker."""
+    spec, ref = _portable(graph, data)
+    return executor.map(plan_heldout, [DataTask(ref, spec)])[0]
+
+
+def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate], outputs: Sequence[str],
+                     executor: Executor, *,
+                     providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", metric: str = "auto",
+                     metric_params: Optional[dict] = None, progress: bool = True,
+                     desc: str = "evaluating", limit: Optional[int] = None, plan: Optional[HeldOutPlan] = None
+                     ) -> tuple[dict[str, Evaluation], DataFingerprint]:
+    """Every candidate against the FP32 ``graph`` on the held-out ``data`` (a DataSpec), in shards of
+    whole batches run by ``executor`` and merged in shard order: the numbers of one pass, bit for bit.
+    ``limit``: only the first ``limit`` samples of the selection (tune's ranking subset). ``plan``:
+    :func:`heldout_plan` of an earlier call on the same data (a caller scoring many groups measures
+    it once). Returns each candidate's :class:`Evaluation` and the fingerprint of the held-out samples."""
+    spec, ref = _portable(graph, data)
+    plan = plan or executor.map(plan_heldout, [DataTask(ref, spec)])[0]
     count = min(plan.count, limit) if limit else plan.count
     shards = plan_shards(count, data.batch_size, executor.shards(-(-count // data.batch_size)))
     tasks = [EvaluationShard(ref, spec, start, stop, candidates, list(outputs), metric, metric_params, plan.per_run,

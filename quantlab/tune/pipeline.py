@@ -133,9 +133,8 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
         fallback, final_eval, met, path = [], base, within(base, max_drop), []
     else:
         ranker = scorer.subset(ranking_samples)
-        ranked_base = base if ranker is scorer else ranker.score({AUTO: base_model}, desc="scoring auto")[AUTO]
-        analysis = analyse(graph, table, ranker, layers, ranked_base, only_quantized=sensitivity == "both",
-                           high_precision=high_precision)
+        analysis = analyse(graph, table, ranker, layers, base if ranker is scorer else None,
+                           only_quantized=sensitivity == "both", high_precision=high_precision)
         scorer.passes += ranker.passes if ranker is not scorer else 0
         found = search(analysis.ranking, base, lambda chosen: variant(table, chosen, high_precision), scorer,
                        max_drop, limit)

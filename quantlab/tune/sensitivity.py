@@ -30,7 +30,15 @@ from tqdm import tqdm
 
 from ..errors import QuantlabError
 from ..evaluation.compare import HeldOut
-from ..evaluation.engine import Evaluation, OrtRunner, QdqCandidate, evaluate, evaluate_sharded
+from ..evaluation.engine import (
+    Evaluation,
+    HeldOutPlan,
+    OrtRunner,
+    QdqCandidate,
+    evaluate,
+    evaluate_sharded,
+    heldout_plan,
+)
 from ..executors import Executor
 from ..graph import ModelGraph
 from ..preprocess import DataFingerprint
@@ -99,6 +107,7 @@ class Scorer:
 
     def __post_init__(self) -> None:
         self.fingerprint = DataFingerprint()  # of the evaluation samples, taken on the first pass
+        self.plan: Optional[HeldOutPlan] = None  # the held-out plan of sharded passes, measured once
         self.reference = RecordedReference(OrtRunner(self.graph.model, (), self.providers))
         self.passes = 0
 
@@ -110,8 +119,10 @@ class Scorer:
         """A scorer of the same models on the first ``limit`` samples (itself when that is all of them)."""
         if not limit or limit >= len(self.held):
             return self
-        return Scorer(self.graph, self.held, self.outputs, self.metric, self.metric_params, self.arithmetic,
-                      self.providers, self.per_run, self.progress, self.group, limit, self.executor)
+        subset = Scorer(self.graph, self.held, self.outputs, self.metric, self.metric_params, self.arithmetic,
+                        self.providers, self.per_run, self.progress, self.group, limit, self.executor)
+        subset.plan = self.plan  # the plan counts the whole selection; the limit is applied per call
+        return subset
 
     def score(self, models: dict[str, Union[QdqCandidate, onnx.ModelProto]],
               desc: str = "scoring") -> dict[str, Evaluation]:
@@ -133,10 +144,12 @@ def score_group(scorer: Scorer, models: dict[str, Union[QdqCandidate, onnx.Model
     sharded = (scorer.executor is not None and scorer.executor.workers > 1
                and all(isinstance(m, QdqCandidate) for m in models.values()))
     if sharded:
+        if scorer.plan is None:  # measured once: every group scores the same samples
+            scorer.plan = heldout_plan(scorer.graph, scorer.held.data, scorer.executor)
         results, fingerprint = evaluate_sharded(
             scorer.graph, scorer.held.data, models, scorer.outputs, scorer.executor, providers=scorer.providers,
             arithmetic=scorer.arithmetic, metric=scorer.metric, metric_params=scorer.metric_params, progress=False,
-            limit=scorer.limit)
+            limit=scorer.limit, plan=scorer.plan)
         if scorer.passes == 0:
             scorer.fingerprint = fingerprint
         scorer.passes += 1
@@ -206,14 +219,19 @@ class Sensitivity:
 
 
 def analyse(graph: ModelGraph, table: CalibrationTable, scorer: Scorer, layers: Sequence[str],
-            base: Evaluation, *, only_quantized: bool = True, high_precision: str = "fp32") -> Sensitivity:
+            base: Optional[Evaluation] = None, *, only_quantized: bool = True,
+            high_precision: str = "fp32") -> Sensitivity:
     """Score every layer alone in float (``high_precision``; and alone quantized) and rank them
-    (module docstring)."""
+    (module docstring). ``base``: the all-INT8 model's score on the scorer's samples; None scores it
+    in the same passes."""
     models = {f"float:{layer}": variant(table, [layer], high_precision) for layer in layers}
+    if base is None:
+        models["base"] = variant(table, [])
     if only_quantized:
         for layer in layers:
             models[f"int8:{layer}"] = variant(table, [other for other in layers if other != layer], high_precision)
     results = scorer.score(models, desc=f"sensitivity of {len(layers)} layers")
+    base = base if base is not None else results["base"]
     base_score = headline(base)[0]
     base_sqnr = first_sqnr(base)
     rows = []
