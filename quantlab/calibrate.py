@@ -1,9 +1,20 @@
 """The calibration pipeline as a Python API: data -> statistics -> ranges -> files.
 
-    from quantlab import calibrate
-    result = calibrate("model.onnx", data="calib/", method="entropy", output="model.cache")
+    from quantlab import DataSpec, Method, calibrate
+    result = calibrate("model.onnx", DataSpec("calib/"), Method("percentile", {"p": 99.99}), output="model.cache")
 
-The CLI (:mod:`quantlab.cli`) is a thin layer over these functions.
+Three stages, each a function of its own so that any of them can be run alone: collection
+(:func:`collect_statistics`: the FP32 model over the samples, on any executor), ranges
+(:func:`calibrate_statistics`: a range chooser over the statistics) and files
+(:func:`stage_cache_and_table`). What they are told comes in small option objects
+(:class:`CollectOptions`, :class:`RangePolicy`, :class:`CalibrationOutput`) that the CLI fills from
+its flags and a Python user builds directly.
+
+Range choosers are plugins of the ``quantlab.calibrators`` entry-point group. A per-tensor
+calibrator (histogram in, amax out) is wrapped here; a chooser that decides every range at once
+(``auto``, in :mod:`quantlab.tune.auto`) implements :class:`RangeChooser` and is handed a
+:class:`RangeJob`. The pipeline calls both the same way and imports neither: the layers above it
+(evaluation, tune) plug into it, never the other way round.
 """
 
 from __future__ import annotations
@@ -13,87 +24,132 @@ import hashlib
 import math
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Optional, Protocol, Union, runtime_checkable
 
-import numpy as np
 from tqdm import tqdm
 
-from . import defaults
 from .atomic import OutputSet, check_outputs
 from .collector import ActivationCollector
 from .errors import CalibratorError, DataError, QuantlabError, StatisticsError
 from .executors import Executor, executor_scope, plan_shards, report_progress
-from .executors.shipping import ModelRef, portable_source, worker_cached
+from .executors.shipping import ModelRef, portable_source
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
-from .graph import ModelGraph, load_model
+from .graph import ModelGraph
 from .histogram import DEFAULT_BINS, check_bins
-from .plugins import detect_dataset_adapter, get_calibrator, get_dataset_adapter
-from .preprocess import (
-    Preprocess,
-    check_batch_size,
-    describe_scaling,
-    first_sample_dtype,
-    iterate_batches,
-    select_indices,
-)
+from .plugins import calibrator_class, get_calibrator
+from .preprocess import check_batch_size, describe_scaling, first_sample_dtype, iterate_batches
 from .statistics import Statistics, merge_files
 from .table import CalibrationTable, timestamp, versions
 from .weights import weight_ranges
+from .workload import DataSpec, DataTask, ModelSource, data_source, resolve_model, table_path_for
 
-ModelSource = Union[str, Path, ModelGraph]
-
-
-@dataclass
-class DataSpec:
-    """Where the samples come from and how they become model inputs."""
-
-    source: Any = None  # path, "module:function", or a dataset object; None = embedded default
-    data_format: Optional[str] = None  # adapter name; None = detect
-    preprocess: Preprocess = field(default_factory=Preprocess)
-    num_samples: Optional[int] = None
-    batch_size: int = 32
-    seed: int = 0
+TENSOR_SCOPES = ("all", "qdq")
+PathLike = Union[str, Path]
 
 
-def open_dataset(source: Any, data_format: Optional[str], graph: ModelGraph):
-    """Instantiate the dataset adapter for ``source`` (an adapter object passes through)."""
-    if hasattr(source, "__getitem__") and hasattr(source, "__len__") and not isinstance(source, (str, Path)):
-        return source
-    source = str(source)
-    cls = get_dataset_adapter(data_format) if data_format else detect_dataset_adapter(source)
-    if getattr(cls, "name", "") == "images":
-        channels = _channels(graph)
-        return cls(source, channels=channels)
-    if getattr(cls, "name", "") == "npy":
-        return cls(source, input_names=[s.name for s in graph.inputs])
-    return cls(source)
+def method_label(method: str, params: Mapping) -> str:
+    """How a method and its parameters are named in tables, sweeps and reports: ``percentile(p=99.9)``."""
+    return f"{method}({', '.join(f'{k}={v}' for k, v in params.items())})" if params else method
 
 
-def _channels(graph: ModelGraph) -> int:
-    from .preprocess import model_layout
+@dataclass(frozen=True)
+class Method:
+    """A range chooser by name, with its parameters: ``Method("percentile", {"p": 99.9})``."""
 
-    spec = graph.inputs[0]
-    shape = spec.sample_shape
-    if len(shape) != 3:
-        return 3
-    channels = shape[0] if model_layout(spec) == "NCHW" else shape[-1]
-    return channels if isinstance(channels, int) else 3
+    name: str = "entropy"
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, method: Union[str, tuple, Method]) -> Method:
+        """A method from its name, a ``(name, params)`` pair, or a Method."""
+        if isinstance(method, Method):
+            return method
+        if isinstance(method, str):
+            return cls(method)
+        name, params = method
+        return cls(name, dict(params or {}))
+
+    @property
+    def label(self) -> str:
+        return method_label(self.name, self.params)
 
 
-def resolve_model(model: Optional[ModelSource]) -> ModelGraph:
-    if isinstance(model, ModelGraph):
-        return model
-    return load_model(model if model is not None else defaults.MODEL)
+@dataclass(frozen=True)
+class CollectOptions:
+    """How statistics are collected: histogram ``bins`` (a power of two), which ``tensors`` (``all``
+    for an implicit TensorRT build, ``qdq`` for the inputs a Q/DQ model quantizes), ONNX Runtime
+    ``providers``, and histogram ``threads`` per worker (None: its share of the CPUs). No result
+    depends on ``threads``."""
+
+    bins: int = DEFAULT_BINS
+    tensors: str = "all"
+    providers: Optional[tuple[str, ...]] = None
+    threads: Optional[int] = None
 
 
-def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: int = DEFAULT_BINS,
-                       providers: Optional[Sequence[str]] = None, threads: Optional[int] = None,
-                       tensors: str = "all", progress: bool = True,
-                       executor: Union[Executor, str, None] = None) -> Statistics:
-    """Run the FP32 model over the selected samples and return statistics of ``tensors``
+@dataclass(frozen=True)
+class RangePolicy:
+    """What to do with degenerate tensors instead of writing a bad scale: NaN/Inf seen
+    (``allow_nonfinite`` calibrates from the finite values, else an error), all zeros (``zero_amax``
+    gives them that range, else an error)."""
+
+    allow_nonfinite: bool = False
+    zero_amax: Optional[float] = None
+
+
+@dataclass(frozen=True)
+class CalibrationOutput:
+    """The files of a calibration: the TensorRT ``cache``, its quantlab ``table`` (default beside the
+    cache, :func:`~quantlab.workload.table_path_for`), the collected ``stats`` (optional), and the
+    cache header's TensorRT version and algorithm (default: the method's)."""
+
+    cache: PathLike
+    table: Optional[PathLike] = None
+    stats: Optional[PathLike] = None
+    trt_version: tuple = DEFAULT_TRT_VERSION
+    trt_algorithm: Optional[str] = None
+
+    @classmethod
+    def of(cls, output: Union[PathLike, CalibrationOutput, None]) -> Optional[CalibrationOutput]:
+        """An output from a cache path (the rest default) or a CalibrationOutput; None stays None."""
+        if output is None or isinstance(output, CalibrationOutput):
+            return output
+        return cls(output)
+
+    @property
+    def table_path(self) -> Path:
+        return Path(self.table) if self.table is not None else table_path_for(self.cache)
+
+
+@dataclass(frozen=True)
+class RangeJob:
+    """What a whole-table range chooser is handed: the model, its statistics, the degenerate-tensor
+    policy, the calibration data the statistics came from (``auto`` reads samples again)."""
+
+    graph: ModelGraph
+    stats: Statistics
+    policy: RangePolicy
+    data: Optional[DataSpec]
+    progress: bool = False
+
+
+@runtime_checkable
+class RangeChooser(Protocol):
+    """A range chooser that decides every activation's range at once (``auto``), registered in the
+    ``quantlab.calibrators`` group like any per-tensor calibrator."""
+
+    name: str
+
+    def choose(self, job: RangeJob) -> CalibrationTable:
+        """The table of ``job``'s model: amax per activation, per weight channel, provenance."""
+
+
+def collect_statistics(model: Optional[ModelSource], data: DataSpec, options: CollectOptions = CollectOptions(), *,
+                       progress: bool = True, executor: Union[Executor, str, None] = None) -> Statistics:
+    """Run the FP32 model over the selected samples and return statistics of ``options.tensors``
     (a scope of :func:`select_tensors`).
 
     The samples are cut into shards of whole batches (:func:`~quantlab.executors.plan_shards`),
@@ -101,17 +157,15 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     process; ``processes``; ``ray``; a name or an :class:`~quantlab.executors.Executor`), merged in
     shard order. Histograms on the power-of-two grid and the sample fingerprint merge exactly, so
     the result is the same, byte for byte, for every executor and worker count. Workers open the
-    data themselves (:class:`CollectShard`); ``threads``: histogram threads of each worker
-    (default: its share of the CPUs).
+    data themselves (:class:`CollectShard`).
     """
     graph = resolve_model(model)
+    bins, threads = options.bins, options.threads
     check_bins(bins)
     check_batch_size(data.batch_size)
     data.preprocess.check_against(graph.inputs)
-    source = data.source if data.source is not None else defaults.CALIBRATION_DATA
-    if data.source is None and model is not None and not _is_default_model(graph):
-        raise DataError("no calibration data given for this model: set `data` (a path or a dataset)", params=("data",))
-    select_tensors(graph, tensors)  # an unknown scope is refused before any work
+    source = data_source(graph, data)
+    select_tensors(graph, options.tensors)  # an unknown scope is refused before any work
     spec = replace(data, source=portable_source(source))
     ref = ModelRef.of(graph)
     with executor_scope(executor) as runner:
@@ -128,7 +182,8 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
         if threads is not None and threads < 1:
             raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
         shards = plan_shards(described.count, batch_size, runner.shards(-(-described.count // batch_size)))
-        tasks = [CollectShard(ref, spec, start, stop, batch_size, bins, tuple(providers or ()) or None, tensors,
+        tasks = [CollectShard(ref, spec, start, stop, batch_size, bins, tuple(options.providers or ()) or None,
+                              options.tensors,
                               threads or runner.task_threads, runner.task_threads) for start, stop in shards]
         stats: Optional[Statistics] = None
         bar = tqdm(total=described.count, unit="sample", desc="collecting", disable=not progress, file=sys.stderr,
@@ -143,27 +198,6 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, *, bins: in
     if graph.inputs:
         stats.scaling = describe_scaling(described.first_dtype, graph.inputs[0], data.preprocess)
     return stats
-
-
-@dataclass
-class DataTask:
-    """A data set as a worker opens it: the model (for the adapter's settings) and the data spec."""
-
-    model: ModelRef
-    data: DataSpec
-
-    def open(self):
-        """The data set opened in this process (kept for the next shard of the same data)."""
-        graph = self.model.load()
-        source, data_format = self.data.source, self.data.data_format
-        if not isinstance(source, (str, Path)):  # a data set object travelled with the task
-            return open_dataset(source, data_format, graph)
-        return worker_cached("dataset", (str(source), data_format, graph.sha256),
-                             lambda: open_dataset(source, data_format, graph))
-
-    def selection(self, dataset) -> np.ndarray:
-        """The seeded selection of sample indices, the same on every worker."""
-        return select_indices(len(dataset), self.data.num_samples, self.data.seed)
 
 
 @dataclass
@@ -262,34 +296,39 @@ def select_tensors(graph: ModelGraph, scope: str = "all") -> list[str]:
     raise QuantlabError(f"unknown tensor scope {scope!r}; choose one of {', '.join(TENSOR_SCOPES)}")
 
 
-def _is_default_model(graph: ModelGraph) -> bool:
-    return graph.path is not None and graph.path.resolve() == Path(defaults.MODEL).resolve()
-
-
-def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "entropy",
-                         params: Optional[dict] = None, *, allow_nonfinite: bool = False,
-                         zero_amax: Optional[float] = None, data: Optional[DataSpec] = None,
+def calibrate_statistics(model: Optional[ModelSource], stats: Statistics, method: Union[str, Method] = "entropy", *,
+                         policy: RangePolicy = RangePolicy(), data: Optional[DataSpec] = None,
                          progress: bool = False) -> CalibrationTable:
     """Turn statistics into a table: amax per activation (by ``method``) and per weight channel.
 
-    ``method="auto"`` chooses per tensor among every built-in method by the error each range
-    causes downstream (:mod:`quantlab.tune.auto`); it reads samples again, so it needs ``data``,
-    the calibration data the statistics came from (``params``: ``samples``, how many).
+    ``method`` names a range chooser (a :class:`Method` for one with parameters). A per-tensor
+    calibrator sees each histogram; a whole-table chooser (:class:`RangeChooser`, e.g. ``auto``,
+    which judges every method's range by the error it causes downstream) is handed a
+    :class:`RangeJob` and may read ``data`` again: the calibration data the statistics came from.
 
-    Degenerate tensors are decided here, never written silently:
+    Degenerate tensors are decided here by ``policy``, never written silently:
     * NaN/Inf seen in a tensor: an error unless ``allow_nonfinite``, which calibrates it from
       its finite values and records a note;
     * a tensor that was all zeros: an error unless ``zero_amax`` is given, which it then gets
       (any scale represents 0 exactly; the note says so).
     """
+    graph = resolve_model(model)
+    method = Method.of(method)
     if stats.model_sha256 != graph.sha256:
         raise StatisticsError(
             f"the statistics were collected on another model (sha256 {stats.model_sha256[:12]}..., "
             f"this model {graph.sha256[:12]}...); collect them again for this model"
         )
-    if method == "auto":
-        return _auto_table(graph, stats, params, data, allow_nonfinite, zero_amax, progress)
-    calibrator = get_calibrator(method, **(params or {}))
+    chooser = get_calibrator(method.name, **method.params)
+    if isinstance(chooser, RangeChooser):
+        return chooser.choose(RangeJob(graph, stats, policy, data, progress))
+    return _per_tensor_table(graph, stats, chooser, method, policy)
+
+
+def _per_tensor_table(graph: ModelGraph, stats: Statistics, calibrator: Any, method: Method,
+                      policy: RangePolicy) -> CalibrationTable:
+    """The table of a per-tensor calibrator: each histogram -> amax, degenerate tensors by ``policy``."""
+    allow_nonfinite, zero_amax = policy.allow_nonfinite, policy.zero_amax
     bad = {n: h for n, h in stats.tensors.items() if h.nan_count or h.inf_count}
     if bad and not allow_nonfinite:
         listed = ", ".join(f"{n!r} ({h.nan_count} NaN, {h.inf_count} Inf)" for n, h in list(bad.items())[:3])
@@ -321,17 +360,24 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
             else:
                 amax = float(calibrator.compute_amax(hist.counts, hist.edges))
         except (ValueError, TypeError) as exc:
-            raise CalibratorError(f"method {method!r} cannot calibrate {name!r}: {exc}") from exc
+            raise CalibratorError(f"method {method.name!r} cannot calibrate {name!r}: {exc}") from exc
         if not (math.isfinite(amax) and amax > 0):
             raise StatisticsError(
-                f"method {method!r} returned amax {amax} for {name!r} (max |x| {hist.max_abs}); "
+                f"method {method.name!r} returned amax {amax} for {name!r} (max |x| {hist.max_abs}); "
                 "this is a bug in the calibrator, try another --method"
             )
         activations[name] = amax
         if name in bad:
             notes[name] = f"{hist.nan_count} NaN and {hist.inf_count} Inf values ignored"
-    used_params = calibrator.params() if hasattr(calibrator, "params") else dict(params or {})
-    provenance = {
+    used_params = calibrator.params() if hasattr(calibrator, "params") else dict(method.params)
+    return CalibrationTable(method.name, used_params, activations, weight_ranges(graph),
+                            table_provenance(graph, stats), notes)
+
+
+def table_provenance(graph: ModelGraph, stats: Statistics) -> dict:
+    """Where a table's ranges came from: the model, the samples (fingerprint, digests, scaling,
+    shapes), the versions and the time; every range chooser records it the same way."""
+    return {
         "model": {"sha256": graph.sha256, "path": str(graph.path) if graph.path else None,
                   **({"normalisation": graph.normalisation} if graph.normalisation else {}),
                   **({"data_independent_tensors": len(graph.data_independent)} if graph.data_independent else {})},
@@ -342,36 +388,12 @@ def calibrate_statistics(graph: ModelGraph, stats: Statistics, method: str = "en
         "versions": versions(),
         "created": timestamp(),
     }
-    return CalibrationTable(method, used_params, activations, weight_ranges(graph), provenance, notes)
 
 
-def _auto_table(graph: ModelGraph, stats: Statistics, params: Optional[dict], data: Optional[DataSpec],
-                allow_nonfinite: bool, zero_amax: Optional[float], progress: bool) -> CalibrationTable:
-    from .tune.auto import DEFAULT_SAMPLES, choose_ranges
-
-    if data is None or (data.source is None and not _is_default_model(graph)):
-        raise DataError("method 'auto' judges ranges on calibration samples, so it needs the calibration data "
-                        "the statistics came from: give `data` too", params=("data",))
-    params = dict(params or {})
-    samples = params.pop("samples", DEFAULT_SAMPLES)
-    if params:
-        raise CalibratorError(f"method 'auto' takes only the parameter samples, not {', '.join(sorted(params))}")
-    try:
-        samples = int(samples)
-    except (TypeError, ValueError):
-        raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}") from None
-    if samples < 1:
-        raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples}")
-    table, _ = choose_ranges(graph, stats, data, samples=samples, allow_nonfinite=allow_nonfinite,
-                             zero_amax=zero_amax, progress=progress)
-    return table
-
-
-def default_trt_algorithm(method: str, params: Optional[dict] = None) -> str:
-    if method == "auto":  # its ranges come from several methods; TensorRT reads any of them alike
-        return "EntropyCalibration2"
-    calibrator = get_calibrator(method, **(params or {}))
-    return getattr(calibrator, "trt_algorithm", "EntropyCalibration2")
+def default_trt_algorithm(method: Union[str, Method]) -> str:
+    """The cache header's algorithm for ``method``: the calibrator's own (``MinMaxCalibration`` for
+    max), else ``EntropyCalibration2`` (TensorRT reads any ranges alike under it)."""
+    return getattr(calibrator_class(Method.of(method).name), "trt_algorithm", "EntropyCalibration2")
 
 
 @dataclass
@@ -383,47 +405,41 @@ class CalibrationResult:
     seconds: float
 
 
-def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = None, *,
-              method: str = "entropy", params: Optional[dict] = None,
-              output: Optional[Union[str, Path]] = None, table: Optional[Union[str, Path]] = None,
-              stats: Optional[Sequence[Union[str, Path]]] = None,
-              save_stats: Optional[Union[str, Path]] = None,
-              trt_version: tuple = DEFAULT_TRT_VERSION, trt_algorithm: Optional[str] = None,
-              bins: int = DEFAULT_BINS, providers: Optional[Sequence[str]] = None,
-              threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
-              zero_amax: Optional[float] = None, progress: bool = True,
-              executor: Union[Executor, str, None] = None) -> CalibrationResult:
-    """Calibrate ``model`` (the embedded default when None) and write the cache and table.
+def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = None,
+              method: Union[str, Method] = "entropy", *,
+              output: Union[PathLike, CalibrationOutput, None] = None, collect: CollectOptions = CollectOptions(),
+              policy: RangePolicy = RangePolicy(), stats: Optional[Sequence[PathLike]] = None,
+              progress: bool = True, executor: Union[Executor, str, None] = None) -> CalibrationResult:
+    """Calibrate ``model`` (the embedded default when None) on ``data`` and write the cache and table.
 
-    ``output`` is the TensorRT cache path (``None``: no files); ``table`` the JSON table path
-    (default: next to the cache, ``<stem>.quantlab.json``). ``stats`` skips collection and
-    calibrates from statistics files (merged when several). ``executor`` runs the collection
-    (:func:`collect_statistics`; the cache is the same, byte for byte, whichever runs it).
+    ``output``: a cache path, or a :class:`CalibrationOutput` (table path, statistics file, cache
+    header); ``None`` writes no file. ``stats`` skips collection and calibrates from statistics
+    files (merged when several). ``executor`` runs the collection (:func:`collect_statistics`; the
+    cache is the same, byte for byte, whichever runs it).
     """
     started = time.perf_counter()
     graph = resolve_model(model)
     data = data or DataSpec()
-    header = make_header(trt_version, trt_algorithm or default_trt_algorithm(method, params))
+    method = Method.of(method)
+    files = CalibrationOutput.of(output)
+    header = make_header(files.trt_version if files else DEFAULT_TRT_VERSION,
+                         (files.trt_algorithm if files else None) or default_trt_algorithm(method))
     inputs = [graph.path, data.source, *(stats or ())]
-    if output is None and table is not None:
-        raise QuantlabError("a table is only written beside a cache: give `output` too", params=("table", "output"))
-    if output is not None and table is None:
-        table = table_path_for(output)
-    check_outputs({"output": output, "table": table, "save_stats": save_stats}, inputs)
+    if files is not None:
+        check_outputs({"output": files.cache, "table": files.table_path, "save_stats": files.stats}, inputs)
     if stats:
         statistics = merge_files(stats)
     else:
-        statistics = collect_statistics(graph, data, bins=bins, providers=providers, threads=threads,
-                                        tensors=tensors, progress=progress, executor=executor)
-    result_table = calibrate_statistics(graph, statistics, method, params, allow_nonfinite=allow_nonfinite,
-                                        zero_amax=zero_amax, data=data, progress=progress)
+        statistics = collect_statistics(graph, data, collect, progress=progress, executor=executor)
+    result_table = calibrate_statistics(graph, statistics, method, policy=policy, data=data, progress=progress)
     result_table.provenance["trt_cache_header"] = header
     cache_path = table_path = None
     with OutputSet(inputs) as outputs:
-        if save_stats is not None:
-            outputs.add(save_stats, statistics.to_bytes())
-        if output is not None:
-            cache_path, table_path = stage_cache_and_table(outputs, result_table, header, output, table)
+        if files is not None:
+            if files.stats is not None:
+                outputs.add(files.stats, statistics.to_bytes())
+            cache_path, table_path = stage_cache_and_table(outputs, result_table, header, files.cache,
+                                                           files.table_path)
         outputs.commit()
     return CalibrationResult(result_table, statistics, Path(cache_path) if cache_path else None,
                              Path(table_path) if table_path else None, time.perf_counter() - started)
@@ -441,8 +457,3 @@ def stage_cache_and_table(outputs: OutputSet, table: CalibrationTable, header: s
     table.provenance["trt_cache_sha256"] = hashlib.sha256(cache_text.encode("utf-8")).hexdigest()
     table.check_writable_ranges()
     return outputs.add_text(cache_path, cache_text), outputs.add_text(table_path, table.to_json())
-
-
-def table_path_for(cache_path: Union[str, Path]) -> Path:
-    path = Path(cache_path)
-    return path.with_name(path.stem + ".quantlab.json")

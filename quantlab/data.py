@@ -362,7 +362,7 @@ class CallableDataset:
     name = "callable"
 
     def __init__(self, source: str):
-        function = _load_callable(source)
+        function = load_callable(source)
         try:
             produced = function()
             if produced is None or isinstance(produced, (str, bytes, Mapping)) or not _iterable(produced):
@@ -402,7 +402,7 @@ def _iterable(value: Any) -> bool:
     return True
 
 
-def _load_callable(source: str, param: str = "source", kind: str = "function",
+def load_callable(source: str, param: str = "source", kind: str = "function",
                    error: type[QuantlabError] = DataError) -> Callable[[], Any]:
     """The object ``module:name`` or ``path/file.py:name`` names; errors are ``error``s naming the
     parameter ``param`` it was given as (data sources here, metric plugins elsewhere)."""

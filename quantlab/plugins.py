@@ -8,6 +8,8 @@ therefore adds a ``--method`` or a ``--data-format`` with no change here.
 A calibrator is a class with a ``name`` and ``compute_amax(hist, edges) -> float``; keyword
 arguments of its constructor are its parameters (``percentile`` takes ``p``). It may also
 define ``calibrate(stats)`` to use more than the histogram (``max`` uses the exact max |x|).
+A method that chooses every range at once (``auto``) registers in the same group and implements
+:class:`quantlab.calibrate.RangeChooser` instead.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ class PluginInfo:
     distribution: str
 
 
-def _entry_points(group: str) -> dict[str, Any]:
+def entry_points_of(group: str) -> dict[str, Any]:
     found = {}
     for ep in entry_points(group=group):
         found.setdefault(ep.name, ep)
@@ -50,17 +52,18 @@ def _entry_points(group: str) -> dict[str, Any]:
 
 def list_calibrators() -> list[PluginInfo]:
     """Installed calibrators, sorted by name."""
-    return _describe(CALIBRATOR_GROUP)
+    return describe_group(CALIBRATOR_GROUP)
 
 
 def list_dataset_adapters() -> list[PluginInfo]:
     """Installed dataset adapters, sorted by name."""
-    return _describe(DATASET_GROUP)
+    return describe_group(DATASET_GROUP)
 
 
-def _describe(group: str) -> list[PluginInfo]:
+def describe_group(group: str) -> list[PluginInfo]:
+    """The plugins installed in an entry-point ``group``, sorted by name."""
     infos = []
-    for name, ep in sorted(_entry_points(group).items()):
+    for name, ep in sorted(entry_points_of(group).items()):
         dist = getattr(ep, "dist", None)
         infos.append(PluginInfo(name, ep.value, dist.name if dist is not None else "?"))
     return infos
@@ -71,15 +74,11 @@ def get_calibrator(name: str, **params: Any) -> Calibrator:
 
     >>> get_calibrator("percentile", p=99.9).compute_amax(hist, edges)
     """
-    eps = _entry_points(CALIBRATOR_GROUP)
-    if name not in eps:
-        known = ", ".join(sorted(eps)) or "none (is quantlab installed with pip?)"
-        raise CalibratorError(f"unknown calibration method {name!r}; installed: {known}")
-    cls = eps[name].load()
+    cls = calibrator_class(name)
     try:
         return cls(**params)
     except TypeError as exc:
-        accepted = _parameter_names(cls)
+        accepted = parameter_names(cls)
         raise CalibratorError(
             f"bad parameters {params} for method {name!r} ({exc}); it takes "
             + (", ".join(accepted) if accepted else "no parameters")) from exc
@@ -87,7 +86,18 @@ def get_calibrator(name: str, **params: Any) -> Calibrator:
         raise CalibratorError(f"bad parameter for method {name!r}: {exc}") from exc
 
 
-def _parameter_names(cls: type) -> list[str]:
+def calibrator_class(name: str) -> type:
+    """The class registered as method ``name`` (its class attributes, e.g. ``trt_algorithm``, without
+    an instance)."""
+    eps = entry_points_of(CALIBRATOR_GROUP)
+    if name not in eps:
+        known = ", ".join(sorted(eps)) or "none (is quantlab installed with pip?)"
+        raise CalibratorError(f"unknown calibration method {name!r}; installed: {known}")
+    return eps[name].load()
+
+
+def parameter_names(cls: type) -> list[str]:
+    """The keyword parameters a plugin class takes (what its error messages list)."""
     import inspect
 
     try:
@@ -99,7 +109,7 @@ def _parameter_names(cls: type) -> list[str]:
 
 def get_dataset_adapter(name: str) -> type:
     """The dataset adapter class registered as ``name``."""
-    eps = _entry_points(DATASET_GROUP)
+    eps = entry_points_of(DATASET_GROUP)
     if name not in eps:
         raise DataError(f"unknown data format {name!r}; installed: {', '.join(sorted(eps))}")
     return eps[name].load()
@@ -109,7 +119,7 @@ def detect_dataset_adapter(source: str) -> type:
     """The first installed adapter (in a fixed preference order) that recognises ``source``."""
     from .data import check_source_exists
 
-    eps = _entry_points(DATASET_GROUP)
+    eps = entry_points_of(DATASET_GROUP)
     preferred = ["npy", "idx", "callable", "images"]
     order = [n for n in preferred if n in eps] + sorted(n for n in eps if n not in preferred)
     for name in order:

@@ -19,7 +19,6 @@ never dropped silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -74,15 +73,27 @@ def _check_exclusions(model: onnx.ModelProto, nodes: set, ops: set, placement: s
                                 f"types are {', '.join(sorted(present)) or 'none'}", params=("exclude_ops",))
 
 
-def export_qdq(graph: ModelGraph, amax: dict[str, float],
-               weights: Optional[dict[str, WeightRange]] = None, *,
-               exclude_nodes: Iterable[str] = (), exclude_ops: Iterable[str] = (),
-               require_all: bool = True, placement: str = "compute") -> tuple[onnx.ModelProto, QdqReport]:
-    """A copy of the model with Q/DQ nodes from ``amax`` (and per-channel weight ranges).
+@dataclass(frozen=True)
+class QdqOptions:
+    """Where Q/DQ go: ``placement`` (``compute``: the activation inputs of Conv/ConvTranspose/Gemm/
+    MatMul; ``residual``: also the skip input of each Add whose other input comes straight from a
+    Conv, so TensorRT can fuse the Add into the INT8 convolution), and the nodes (by name) and op
+    types kept in float."""
 
-    ``placement``: ``compute`` puts Q/DQ on the activation inputs of Conv/ConvTranspose/Gemm/
-    MatMul; ``residual`` also on the skip input of each Add whose other input comes straight
-    from a Conv, so TensorRT can fuse the Add into the INT8 convolution.
+    exclude_nodes: tuple[str, ...] = ()
+    exclude_ops: tuple[str, ...] = ()
+    placement: str = "compute"
+
+    def __post_init__(self) -> None:  # lists from a caller become tuples: the options stay immutable
+        object.__setattr__(self, "exclude_nodes", tuple(self.exclude_nodes))
+        object.__setattr__(self, "exclude_ops", tuple(self.exclude_ops))
+
+
+def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict[str, WeightRange]] = None,
+               options: QdqOptions = QdqOptions(), *, require_all: bool = True) -> tuple[onnx.ModelProto, QdqReport]:
+    """A copy of the model with Q/DQ nodes from ``amax`` (and per-channel weight ranges), placed as
+    ``options`` says.
+
     ``weights`` defaults to max |w| per output channel computed from the model itself (a
     TensorRT cache carries no weight ranges). With ``require_all`` a quantizable tensor without
     a range is an error naming it; otherwise it stays in float and is reported.
@@ -96,7 +107,7 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float],
     report.notes += graph.normalisation
     activation_set = set(graph.activations)
     report.unmatched_ranges = [name for name in amax if name not in activation_set]
-    excluded_nodes, excluded_ops = set(exclude_nodes), set(exclude_ops)
+    excluded_nodes, excluded_ops, placement = set(options.exclude_nodes), set(options.exclude_ops), options.placement
     _check_exclusions(model, excluded_nodes, excluded_ops, placement)
     initializers = {init.name: init for init in model.graph.initializer}
 

@@ -1,6 +1,6 @@
 """``compare``: how much accuracy INT8 keeps against FP32 on held-out data.
 
-    from quantlab.evaluation.compare import compare
+    from quantlab.evaluation import compare
     result = compare("model.onnx", "model.cache", DataSpec("heldout/"), report="reports/model")
 
 ``compare`` turns one cache or table (any format) into a Q/DQ model, runs it next to the FP32
@@ -14,89 +14,22 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from tqdm import tqdm
 
-from .. import defaults
 from ..atomic import check_output_folder
-from ..calibrate import DataSpec, _is_default_model, open_dataset, resolve_model, table_path_for
-from ..errors import DataError, QuantlabError
+from ..errors import QuantlabError
 from ..formats.ranges import RangeFile, read_ranges
-from ..graph import ModelGraph
-from ..preprocess import (
-    DataFingerprint,
-    check_batch_size,
-    describe_scaling,
-    first_sample_dtype,
-    iterate_batches,
-    select_indices,
-)
-from ..qdq import export_qdq
+from ..preprocess import DataFingerprint
+from ..qdq import QdqOptions, export_qdq
 from ..report import Report, histogram_figure, sqnr_figure
-from .engine import (
-    OrtRunner,
-    TensorErrors,
-    activation_bytes,
-    check_arithmetic,
-    evaluate,
-    execution_verdict,
-    samples_per_run,
-    tensor_errors,
-)
-
-
-def method_label(method: str, params: dict) -> str:
-    return f"{method}({', '.join(f'{k}={v}' for k, v in params.items())})" if params else method
-
-
-class HeldOut:
-    """The held-out samples of a comparison: the data set opened once, the samples picked once."""
-
-    def __init__(self, graph: ModelGraph, data: DataSpec):
-        if data.source is None and not _is_default_model(graph):
-            raise DataError("no held-out data given for this model: set `data`", params=("data",))
-        check_batch_size(data.batch_size)
-        data.preprocess.check_against(graph.inputs)
-        self.graph, self.data = graph, data
-        self.source = data.source if data.source is not None else defaults.HELDOUT_DATA
-        self.dataset = open_dataset(self.source, data.data_format, graph)
-        self.indices = select_indices(len(self.dataset), data.num_samples, data.seed)
-        spec = graph.inputs[0]
-        self.scaling = describe_scaling(first_sample_dtype(self.dataset, self.indices, spec.name), spec,
-                                        data.preprocess)
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def activation_sizes(self, providers: Optional[Sequence[str]] = None) -> tuple[dict[str, int], int]:
-        """Bytes per sample of each activation (measured on the first sample) and the samples one
-        run may take within the activation budget (:func:`~quantlab.evaluation.engine.samples_per_run`)."""
-        first = next(self.batches(limit=1, batch_size=1))
-        sizes = activation_bytes(self.graph.model, self.graph.activations, first.inputs, providers)
-        return sizes, samples_per_run(sizes)
-
-    def batches(self, fingerprint: Optional[DataFingerprint] = None, limit: Optional[int] = None,
-                batch_size: Optional[int] = None):
-        """Preprocessed batches (the first ``limit`` samples only, if given), fingerprinted."""
-        indices = self.indices if limit is None else self.indices[:limit]
-        for batch in iterate_batches(self.dataset, indices, self.graph.inputs, self.data.preprocess,
-                                     batch_size or self.data.batch_size):
-            if fingerprint is not None:
-                fingerprint.add(batch.inputs)
-            yield batch
-
-
-def _outputs(graph: ModelGraph, wanted: Sequence[str]) -> list[str]:
-    names = graph.output_names
-    unknown = [w for w in wanted if w not in names]
-    if unknown:
-        raise QuantlabError(f"{unknown[0]!r} (`outputs`) is not a model output; outputs: {', '.join(names)}",
-                            params=("outputs",))
-    return list(wanted) or names
+from ..workload import DataSpec, ModelSource, resolve_model, select_outputs, table_path_for
+from .engine import OrtRunner, TensorErrors, check_arithmetic, evaluate, execution_verdict, tensor_errors
+from .heldout import HeldOut
+from .options import CompareOptions, EvalOptions
 
 
 def _overlap(ranges: RangeFile, heldout: DataFingerprint) -> Optional[int]:
@@ -125,20 +58,20 @@ class CompareResult:
     report: Report
 
 
-def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: Optional[DataSpec] = None, *,
-            report: Optional[Union[str, Path]] = None, outputs: Sequence[str] = (), worst: int = 10,
-            exclude_nodes: Sequence[str] = (), exclude_ops: Sequence[str] = (), placement: str = "compute",
-            backend: str = "onnxruntime", providers: Optional[Sequence[str]] = None,
-            int8_arithmetic: str = "tensorrt", tensor_samples: int = 32, metric: str = "auto",
-            metric_params: Optional[dict] = None, progress: bool = True) -> CompareResult:
-    """FP32 vs the Q/DQ model built from ``cache`` on held-out ``data``; optionally write a report.
+def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFile, None] = None,
+            data: Optional[DataSpec] = None, *, evaluation: EvalOptions = EvalOptions(), qdq: QdqOptions = QdqOptions(),
+            options: CompareOptions = CompareOptions(), report: Optional[Union[str, Path]] = None,
+            progress: bool = True) -> CompareResult:
+    """FP32 vs the Q/DQ model built from ``cache`` (placed as ``qdq`` says) on held-out ``data``,
+    judged as ``evaluation`` says (:class:`~quantlab.evaluation.options.EvalOptions`: the metric, the
+    INT8 arithmetic); per-tensor errors, latency and the INT8 backend as ``options`` says. Writes a
+    report folder when ``report`` is given.
 
-    ``int8_arithmetic``: ``tensorrt`` (default; the Q/DQ graph as written, which is TensorRT's
-    arithmetic to float rounding) or ``onnxruntime`` (its own CPU integer kernels). Per-tensor
-    errors are measured on the first ``tensor_samples`` held-out samples, in a pass of their own.
-    ``metric``: the metric plugin (``auto``: chosen from the outputs' shapes; the report says which).
+    Per-tensor errors are measured on the first ``options.tensor_samples`` held-out samples, in a
+    pass of their own, so they never change the arithmetic of the headline numbers.
     """
-    check_arithmetic(int8_arithmetic)
+    int8_arithmetic = check_arithmetic(evaluation.int8_arithmetic)
+    providers, backend, worst = evaluation.providers, options.backend, options.worst
     graph = resolve_model(model)
     data = data or DataSpec()
     if cache is None:
@@ -154,10 +87,9 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         table = ranges.extra["table"]
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
-    qdq_model, qdq_report = export_qdq(graph, ranges.amax, weights, exclude_nodes=exclude_nodes,
-                                       exclude_ops=exclude_ops, placement=placement)
+    qdq_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq)
     qdq_bytes = qdq_model.SerializeToString()
-    output_names = _outputs(graph, outputs)
+    output_names = select_outputs(graph, evaluation.outputs)
     inputs = {s.name for s in graph.inputs}
     internal = [name for name in graph.activations if name not in inputs and name not in output_names]
     heldout = HeldOut(graph, data)
@@ -174,8 +106,9 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
     fingerprint = DataFingerprint()
     with tqdm(total=len(heldout), unit="sample", desc="comparing", disable=not progress, file=sys.stderr) as bar:
         result = evaluate(fp32, {"int8": int8}, heldout.batches(fingerprint), output_names, progress=bar,
-                          metric=metric, metric_params=metric_params, per_run=per_run)["int8"]
-    tensor_limit = min(len(heldout), tensor_samples)
+                          metric=evaluation.metric, metric_params=dict(evaluation.metric_params),
+                          per_run=per_run)["int8"]
+    tensor_limit = min(len(heldout), options.tensor_samples)
     if internal and tensor_limit:
         errors = tensor_errors(graph.model, qdq_model, internal, lambda: heldout.batches(limit=tensor_limit),
                                providers=providers, arithmetic=int8_arithmetic, per_run=per_run, sizes=sizes)
@@ -198,7 +131,7 @@ def compare(model=None, cache: Union[str, Path, RangeFile, None] = None, data: O
         "kind": "compare",
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256,
                   "size_bytes": fp32_size},
-        "int8_model": {"size_bytes": len(qdq_bytes), "placement": placement,
+        "int8_model": {"size_bytes": len(qdq_bytes), "placement": qdq.placement,
                        "quantized_activations": len(qdq_report.quantized_activations),
                        "quantized_weights": len(qdq_report.quantized_weights),
                        "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},

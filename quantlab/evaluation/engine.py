@@ -40,16 +40,18 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from .. import defaults
-from ..calibrate import DataSpec, DataTask, _is_default_model
 from ..collector import ACTIVATION_BUDGET, available_cpus, make_session
-from ..errors import DataError, QuantlabError
+from ..errors import QuantlabError
 from ..executors import Executor, plan_shards, report_progress
 from ..executors.shipping import ModelRef, portable_source, worker_cached
 from ..graph import add_outputs
 from ..histogram import TensorHistogram
+from ..precision import float16_layers
 from ..preprocess import DataFingerprint, check_batch_size, iterate_batches
+from ..qdq import QdqOptions, export_qdq
+from ..workload import DataSpec, DataTask, data_source, select_outputs
 from .metrics import detect_metric, make_metric, sqnr_db
+from .options import EvalOptions
 
 ARITHMETICS = ("tensorrt", "onnxruntime")
 INTEGER_OP_PREFIXES = ("QLinear", "QGemm", "DynamicQuantize")
@@ -264,15 +266,13 @@ def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, 
 class QdqCandidate:
     """A Q/DQ model as its ranges: small to ship; :func:`~quantlab.qdq.export_qdq` rebuilds it where
     it runs. ``model``: the one the driver built already (used in place under ``local``; dropped in
-    transit, a worker elsewhere builds its own from the same ranges). ``float16``: the layers of
-    ``exclude_nodes`` compute in float16 (:func:`quantlab.tune.precision.float16_layers`), as
+    transit, a worker elsewhere builds its own from the same ranges). ``float16``: the nodes of
+    ``qdq.exclude_nodes`` compute in float16 (:func:`quantlab.precision.float16_layers`), as
     ``tune`` writes them, so what is scored is what is written."""
 
     activations: dict[str, float]
     weights: Optional[dict] = None
-    exclude_nodes: tuple = ()
-    exclude_ops: tuple = ()
-    placement: str = "compute"
+    qdq: QdqOptions = QdqOptions()
     float16: bool = False
     model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
 
@@ -281,14 +281,9 @@ class QdqCandidate:
 
     def build(self, graph) -> onnx.ModelProto:
         if self.model is None:
-            from ..qdq import export_qdq
-
-            self.model, _ = export_qdq(graph, self.activations, self.weights, exclude_nodes=self.exclude_nodes,
-                                       exclude_ops=self.exclude_ops, placement=self.placement)
-            if self.float16 and self.exclude_nodes:
-                from ..tune.precision import float16_layers
-
-                self.model = float16_layers(self.model, self.exclude_nodes)
+            self.model, _ = export_qdq(graph, self.activations, self.weights, self.qdq)
+            if self.float16 and self.qdq.exclude_nodes:
+                self.model = float16_layers(self.model, self.qdq.exclude_nodes)
         return self.model
 
 
@@ -372,11 +367,10 @@ def evaluate_shard(task: EvaluationShard) -> ShardEvaluation:
 
 def _portable(graph, data: DataSpec) -> tuple[DataSpec, ModelRef]:
     """The held-out data and the model as tasks carry them, checked first."""
-    if data.source is None and not _is_default_model(graph):
-        raise DataError("no held-out data given for this model: set `data`", params=("data",))
+    source = data_source(graph, data, "held-out")
     check_batch_size(data.batch_size)
     data.preprocess.check_against(graph.inputs)
-    spec = replace(data, source=portable_source(data.source if data.source is not None else defaults.HELDOUT_DATA))
+    spec = replace(data, source=portable_source(source))
     return spec, ModelRef.of(graph)
 
 
@@ -386,17 +380,20 @@ def heldout_plan(graph, data: DataSpec, executor: Executor) -> HeldOutPlan:
     return executor.map(plan_heldout, [DataTask(ref, spec)])[0]
 
 
-def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate], outputs: Sequence[str],
-                     executor: Executor, *,
-                     providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", metric: str = "auto",
-                     metric_params: Optional[dict] = None, progress: bool = True,
-                     desc: str = "evaluating", limit: Optional[int] = None, plan: Optional[HeldOutPlan] = None
+def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate], evaluation: EvalOptions,
+                     executor: Executor, *, progress: bool = True, desc: str = "evaluating",
+                     limit: Optional[int] = None, plan: Optional[HeldOutPlan] = None
                      ) -> tuple[dict[str, Evaluation], DataFingerprint]:
-    """Every candidate against the FP32 ``graph`` on the held-out ``data`` (a DataSpec), in shards of
-    whole batches run by ``executor`` and merged in shard order: the numbers of one pass, bit for bit.
-    ``limit``: only the first ``limit`` samples of the selection (tune's ranking subset). ``plan``:
-    :func:`heldout_plan` of an earlier call on the same data (a caller scoring many groups measures
-    it once). Returns each candidate's :class:`Evaluation` and the fingerprint of the held-out samples."""
+    """Every candidate against the FP32 ``graph`` on the held-out ``data`` (a DataSpec), judged as
+    ``evaluation`` says, in shards of whole batches run by ``executor`` and merged in shard order: the
+    numbers of one pass, bit for bit. ``limit``: only the first ``limit`` samples of the selection
+    (tune's ranking subset). ``plan``: :func:`heldout_plan` of an earlier call on the same data (a
+    caller scoring many groups measures it once). Returns each candidate's :class:`Evaluation` and the
+    fingerprint of the held-out samples."""
+    arithmetic = check_arithmetic(evaluation.int8_arithmetic)
+    outputs = select_outputs(graph, evaluation.outputs)
+    metric, metric_params = evaluation.metric, dict(evaluation.metric_params)
+    providers = evaluation.providers
     spec, ref = _portable(graph, data)
     plan = plan or executor.map(plan_heldout, [DataTask(ref, spec)])[0]
     count = min(plan.count, limit) if limit else plan.count

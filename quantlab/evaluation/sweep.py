@@ -11,27 +11,28 @@ import math
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 from ..atomic import OutputSet, check_output_folder
 from ..calibrate import (
-    DataSpec,
-    _is_default_model,
+    CollectOptions,
+    Method,
+    RangePolicy,
     calibrate_statistics,
     collect_statistics,
     default_trt_algorithm,
-    resolve_model,
     stage_cache_and_table,
 )
-from ..errors import DataError, QuantlabError
+from ..errors import QuantlabError
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
-from ..histogram import DEFAULT_BINS
 from ..qdq import export_qdq
 from ..report import Report, bar_figure, histogram_figure
-from .compare import _outputs, method_label
+from ..workload import DataSpec, ModelSource, data_source, resolve_model, select_outputs
 from .engine import QdqCandidate, check_arithmetic, evaluate_sharded
+from .options import EvalOptions
 
 SWEEP_METHODS = (
     ("max", {}),
@@ -44,27 +45,36 @@ SWEEP_METHODS = (
 )
 
 
+
+
+@dataclass(frozen=True)
+class SweepOutput:
+    """What a sweep writes: the ranking ``report`` folder, and with ``pick="best"`` the winner's cache
+    (header of ``trt_version``), table and Q/DQ model in it."""
+
+    report: Optional[Union[str, Path]] = None
+    pick: Optional[str] = None
+    trt_version: tuple = DEFAULT_TRT_VERSION
+
+
 @uses_executor
-def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
-          methods: Sequence[tuple] = SWEEP_METHODS, report: Optional[Union[str, Path]] = None,
-          pick: Optional[str] = None, outputs: Sequence[str] = (),
-          trt_version: tuple = DEFAULT_TRT_VERSION, providers: Optional[Sequence[str]] = None,
-          bins: int = DEFAULT_BINS, threads: Optional[int] = None, tensors: str = "all", allow_nonfinite: bool = False,
-          zero_amax: Optional[float] = None, int8_arithmetic: str = "tensorrt", metric: str = "auto",
-          metric_params: Optional[dict] = None, progress: bool = True,
+def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None,
+          *, methods: Sequence[Union[str, tuple, Method]] = SWEEP_METHODS, evaluation: EvalOptions = EvalOptions(),
+          collect: CollectOptions = CollectOptions(), policy: RangePolicy = RangePolicy(),
+          output: SweepOutput = SweepOutput(), progress: bool = True,
           executor: Union[Executor, str, None] = None) -> dict:
-    """Calibrate every method on one collection and rank them on held-out data (``int8_arithmetic``
-    as for :func:`quantlab.evaluation.compare.compare`).
+    """Calibrate every method on one collection (``collect``) and rank them on held-out data, judged as
+    ``evaluation`` says (:class:`~quantlab.evaluation.options.EvalOptions`).
 
     ``executor`` (``local``, ``processes``, ``ray`` or an :class:`~quantlab.executors.Executor`) runs
     the collection and the evaluation in shards merged in a fixed order: the ranking and every
     number are the same, bit for bit, whichever executor runs them."""
-    check_arithmetic(int8_arithmetic)
+    int8_arithmetic = check_arithmetic(evaluation.int8_arithmetic)
+    report, pick, trt_version = output.report, output.pick, output.trt_version
     graph = resolve_model(model)
     calib = calib or DataSpec()
     heldout = heldout or DataSpec()
-    if calib.source is None and not _is_default_model(graph):
-        raise DataError("no calibration data given for this model: set `data`", params=("data",))
+    data_source(graph, calib)  # no calibration data for a model of one's own: refused before any work
     if pick is not None and report is None:
         raise QuantlabError("pick writes the winner into the report folder: give `report` too",
                             params=("pick", "report"))
@@ -73,20 +83,17 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
     if report is not None:
         check_output_folder(report)
     started = time.perf_counter()
-    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, tensors=tensors,
-                               progress=progress, executor=executor)
-    output_names = _outputs(graph, outputs)
+    stats = collect_statistics(graph, calib, collect, progress=progress, executor=executor)
+    select_outputs(graph, evaluation.outputs)
     rows, tables, models = [], {}, {}
-    for method, params in methods:
-        label = method_label(method, params)
-        tables[label] = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
-                                             zero_amax=zero_amax, data=calib, progress=progress)
+    for method in map(Method.of, methods):
+        label = method.label
+        tables[label] = calibrate_statistics(graph, stats, method, policy=policy, data=calib, progress=progress)
         models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
     candidates = {label: QdqCandidate(table.activations, table.weights, model=models[label])
                   for label, table in tables.items()}
-    results, fingerprint = evaluate_sharded(graph, heldout, candidates, output_names, executor, providers=providers,
-                                            arithmetic=int8_arithmetic, metric=metric, metric_params=metric_params,
-                                            progress=progress, desc=f"evaluating {len(candidates)} methods")
+    results, fingerprint = evaluate_sharded(graph, heldout, candidates, evaluation, executor, progress=progress,
+                                            desc=f"evaluating {len(candidates)} methods")
     overlap = len(set(stats.fingerprint.samples) & set(fingerprint.samples))
     for label, table in tables.items():
         main = results[label].outputs[0]
@@ -123,7 +130,7 @@ def sweep(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSp
         if pick == "best":
             folder = files.make_folder(report)
             winner = tables[best["method"]]
-            header = make_header(trt_version, default_trt_algorithm(winner.method, winner.params))
+            header = make_header(trt_version, default_trt_algorithm(winner.method))
             stage_cache_and_table(files, winner, header, folder / "best.cache", folder / "best.quantlab.json")
             files.add(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
             data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),

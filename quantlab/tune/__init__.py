@@ -1,15 +1,28 @@
 """Accuracy first: per-tensor range search (``auto``), sensitivity analysis and an accuracy budget.
 
-* :mod:`quantlab.tune.auto` - ``--method auto``: per tensor, the range that hurts the network least;
+* :mod:`quantlab.tune.auto` - ``--method auto``: per tensor, the range that hurts the network least
+  (a range chooser of the calibration pipeline, registered like every method);
 * :mod:`quantlab.tune.sensitivity` - each quantized layer alone in float / alone in INT8, ranked;
 * :mod:`quantlab.tune.search` - the greedy fallback search under an accuracy budget;
-* :mod:`quantlab.tune.precision` - the fallback as outputs for TensorRT 10/11 (Q/DQ, fp16) and <= 10;
+* :mod:`quantlab.tune.options` - what tune is told (:class:`Budget`, :class:`SearchOptions`,
+  :class:`TuneOutput`);
 * :mod:`quantlab.tune.pipeline` - :func:`tune`, all of it with the files and the report.
+
+    from quantlab.tune import Budget, TuneOutput, tune
 """
 
+_EXPORTS = {"tune": "pipeline", "tuned_paths": "pipeline", "Budget": "options", "SearchOptions": "options",
+            "TuneOutput": "options"}
 
-def tune(*args, **kwargs):
-    """:func:`quantlab.tune.pipeline.tune` (imported on first use: it loads ONNX Runtime)."""
-    from .pipeline import tune as run
+__all__ = sorted(_EXPORTS)
 
-    return run(*args, **kwargs)
+
+def __getattr__(name: str):
+    """Names imported on first use: the pipeline loads ONNX Runtime."""
+    if name in _EXPORTS:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'quantlab.tune' has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """``tune``: INT8 within an accuracy budget, for both TensorRT worlds, from one calibration.
 
-    from quantlab.tune import tune
-    result = tune("model.onnx", DataSpec("calib/"), DataSpec("heldout.npz"), max_drop=0.5,
-                  output="model.qdq.onnx", report="reports/model-tune")
+    from quantlab.tune import Budget, TuneOutput, tune
+    result = tune("model.onnx", DataSpec("calib/"), DataSpec("heldout.npz"), budget=Budget(max_drop=0.5),
+                  output=TuneOutput("model.qdq.onnx", report="reports/model-tune"))
 
 1. collect once and choose ``auto`` ranges (:mod:`quantlab.tune.auto`);
 2. score the all-INT8 model on the evaluation data; if the drop against FP32 is already within
@@ -18,30 +18,33 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional, Union
 
 from ..atomic import OutputSet, check_output_folder, check_outputs
 from ..calibrate import (
-    DataSpec,
-    _is_default_model,
+    CollectOptions,
+    Method,
+    RangePolicy,
     calibrate_statistics,
     collect_statistics,
-    resolve_model,
     stage_cache_and_table,
 )
-from ..errors import DataError, QuantlabError
-from ..evaluation.compare import HeldOut, _outputs, method_label
+from ..errors import QuantlabError
 from ..evaluation.engine import check_arithmetic
+from ..evaluation.heldout import HeldOut
+from ..evaluation.options import EvalOptions
 from ..executors import Executor, uses_executor
-from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
-from ..histogram import DEFAULT_BINS
+from ..formats.trtcache import make_header
+from ..precision import FP16_MAX, HIGH_PRECISIONS, trt_cache_without, trtexec_command
 from ..qdq import QUANTIZED_OPS
 from ..report import Report, bar_figure
-from .auto import AUTO, AUTO_CANDIDATES, DEFAULT_SAMPLES
-from .precision import FP16_MAX, HIGH_PRECISIONS, trt_cache_without, trtexec_command
-from .search import drop_points, search, within
+from ..workload import DataSpec, ModelSource, data_source, resolve_model
+from .auto import AUTO, AUTO_CANDIDATES
+from .options import Budget, SearchOptions, TuneOutput
+from .search import drop_points, within
+from .search import search as fallback_search
 from .sensitivity import Scorer, analyse, first_sqnr, headline, quantized_layers, variant
 
 
@@ -54,29 +57,26 @@ def tuned_paths(output: Union[str, Path]) -> dict[str, Path]:
 
 
 @uses_executor
-def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None, *,
-         max_drop: float = 0.5, max_float_layers: Optional[int] = None, high_precision: str = "fp16",
-         output: Optional[Union[str, Path]] = None, report: Optional[Union[str, Path]] = None,
-         outputs: Sequence[str] = (), metric: str = "auto", metric_params: Optional[dict] = None,
-         auto_samples: int = DEFAULT_SAMPLES, sensitivity: str = "both", ranking_samples: Optional[int] = 300,
-         trt_version: tuple = DEFAULT_TRT_VERSION,
-         providers: Optional[Sequence[str]] = None, bins: int = DEFAULT_BINS, threads: Optional[int] = None,
-         int8_arithmetic: str = "tensorrt", allow_nonfinite: bool = False, zero_amax: Optional[float] = None,
-         compare_methods: Optional[bool] = None, progress: bool = True,
+def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpec] = None,
+         *, budget: Budget = Budget(), search: SearchOptions = SearchOptions(),
+         evaluation: EvalOptions = EvalOptions(), collect: CollectOptions = CollectOptions(),
+         policy: RangePolicy = RangePolicy(), output: TuneOutput = TuneOutput(), progress: bool = True,
          executor: Union[Executor, str, None] = None) -> dict:
-    """Calibrate with ``auto`` ranges and leave the fewest layers in float that bring the metric's
-    drop against FP32 within ``max_drop`` percentage points on ``heldout``; write the outputs
-    (``output``: the Q/DQ model; the cache and table beside it, :func:`tuned_paths`).
+    """Calibrate with ``auto`` ranges and leave the fewest layers in float that keep the metric
+    (``evaluation``) within the ``budget`` on ``heldout``; write the outputs (``output``: the Q/DQ
+    model, with the cache and table beside it, :func:`tuned_paths`, and a report).
 
-    The sensitivity ranking is measured on the first ``ranking_samples`` evaluation samples (all
-    of them when None; NNCF's accuracy control ranks on 300 too); every step of the search is
-    measured on all of them. ``compare_methods`` also scores every single method's all-INT8 model
-    (one more pass with a session each; default: when a ``report`` is written). ``executor``
-    (``local``, ``processes``, ``ray``, or an :class:`~quantlab.executors.Executor`) runs the
-    collection and every scoring pass (the sensitivity candidates, the search steps) in shards of
-    samples on its workers; the result is the same, bit for bit."""
+    The sensitivity ranking is measured on the first ``search.ranking_samples`` evaluation
+    samples (all of them when None; NNCF's accuracy control ranks on 300 too); every step of the
+    search is measured on all of them. ``executor`` (``local``, ``processes``, ``ray``, or an
+    :class:`~quantlab.executors.Executor`) runs the collection and every scoring pass (the
+    sensitivity candidates, the search steps) in shards of samples on its workers; the result is
+    the same, bit for bit."""
     started = time.perf_counter()
-    check_arithmetic(int8_arithmetic)
+    max_drop, max_float_layers, high_precision = budget.max_drop, budget.max_float_layers, budget.high_precision
+    sensitivity, ranking_samples = search.sensitivity, search.ranking_samples
+    int8_arithmetic = check_arithmetic(evaluation.int8_arithmetic)
+    report = output.report
     if high_precision not in HIGH_PRECISIONS:
         raise QuantlabError(f"`high_precision` must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}",
                             params=("high_precision",))
@@ -93,18 +93,17 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     graph = resolve_model(model)
     calib = calib or DataSpec()
     heldout = heldout or DataSpec()
-    if calib.source is None and not _is_default_model(graph):
-        raise DataError("no calibration data given for this model: set `data`", params=("data",))
+    data_source(graph, calib)  # no calibration data for a model of one's own: refused before any work
+    paths = tuned_paths(output.qdq_model) if output.qdq_model is not None else {}
     paths = tuned_paths(output) if output is not None else {}
     inputs = [graph.path, calib.source, heldout.source]
     check_outputs(dict(paths), inputs)
     if report is not None:
         check_output_folder(report)
 
-    stats = collect_statistics(graph, calib, bins=bins, providers=providers, threads=threads, progress=progress,
-                               executor=executor)
-    table = calibrate_statistics(graph, stats, AUTO, {"samples": auto_samples}, allow_nonfinite=allow_nonfinite,
-                                 zero_amax=zero_amax, data=calib, progress=progress)
+    stats = collect_statistics(graph, calib, replace(collect, tensors="all"), progress=progress, executor=executor)
+    table = calibrate_statistics(graph, stats, Method(AUTO, {"samples": search.auto_samples}), policy=policy,
+                                 data=calib, progress=progress)
     base_model = variant(table, [])
     layers = quantized_layers(base_model.build(graph))
     if not layers:
@@ -113,16 +112,13 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
     limit = len(layers) if max_float_layers is None else min(max_float_layers, len(layers))
 
     held = HeldOut(graph, heldout)
-    _, per_run = held.activation_sizes(providers)
-    scorer = Scorer(graph, held, _outputs(graph, outputs), metric, metric_params, int8_arithmetic, providers,
-                    per_run, progress, executor=executor)
+    _, per_run = held.activation_sizes(evaluation.providers)
+    scorer = Scorer(graph, held, evaluation, per_run, progress, executor=executor)
+    compare_methods = search.compare_methods
     singles = {}
-    for method, params in (AUTO_CANDIDATES if (report is not None if compare_methods is None else compare_methods)
-                           else ()):
-        label = method_label(method, params)
-        single = calibrate_statistics(graph, stats, method, params, allow_nonfinite=allow_nonfinite,
-                                      zero_amax=zero_amax)
-        singles[label] = variant(single, [])
+    for method in map(Method.of, AUTO_CANDIDATES if (report is not None if compare_methods is None
+                                                      else compare_methods) else ()):
+        singles[method.label] = variant(calibrate_statistics(graph, stats, method, policy=policy), [])
     first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto" + (" and every method" if singles else ""))
     base = first[AUTO]
     score, reference, score_name = headline(base)
@@ -136,7 +132,7 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
         analysis = analyse(graph, table, ranker, layers, base if ranker is scorer else None,
                            only_quantized=sensitivity == "both", high_precision=high_precision)
         scorer.passes += ranker.passes if ranker is not scorer else 0
-        found = search(analysis.ranking, base, lambda chosen: variant(table, chosen, high_precision), scorer,
+        found = fallback_search(analysis.ranking, base, lambda chosen: variant(table, chosen, high_precision), scorer,
                        max_drop, limit)
         fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
 
@@ -201,7 +197,7 @@ def tune(model=None, calib: Optional[DataSpec] = None, heldout: Optional[DataSpe
             table.activations = cache_ranges
             table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
                                                                    "all_int8", "final", "written", "met", "trtexec")}
-            header = make_header(trt_version, "EntropyCalibration2")
+            header = make_header(output.trt_version, "EntropyCalibration2")
             stage_cache_and_table(files, table, header, paths["cache"], paths["table"])
             files.add(paths["qdq_model"], written.SerializeToString())
         if report is not None:

@@ -29,7 +29,6 @@ import onnx
 from tqdm import tqdm
 
 from ..errors import QuantlabError
-from ..evaluation.compare import HeldOut
 from ..evaluation.engine import (
     Evaluation,
     HeldOutPlan,
@@ -39,11 +38,14 @@ from ..evaluation.engine import (
     evaluate_sharded,
     heldout_plan,
 )
+from ..evaluation.heldout import HeldOut
+from ..evaluation.options import EvalOptions
 from ..executors import Executor
 from ..graph import ModelGraph
 from ..preprocess import DataFingerprint
-from ..qdq import QUANTIZED_OPS
+from ..qdq import QUANTIZED_OPS, QdqOptions
 from ..table import CalibrationTable
+from ..workload import select_outputs
 
 GROUP = 8  # variants scored in one pass over the evaluation data
 RECORD_BUDGET = 512 << 20  # FP32 outputs kept for reuse up to this many bytes
@@ -94,11 +96,7 @@ class Scorer:
 
     graph: ModelGraph
     held: HeldOut
-    outputs: Sequence[str]
-    metric: str = "auto"
-    metric_params: Optional[dict] = None
-    arithmetic: str = "tensorrt"
-    providers: Optional[Sequence[str]] = None
+    evaluation: EvalOptions = EvalOptions()
     per_run: Optional[int] = None
     progress: bool = True
     group: int = GROUP
@@ -106,9 +104,10 @@ class Scorer:
     executor: Optional[Executor] = None
 
     def __post_init__(self) -> None:
+        self.outputs = select_outputs(self.graph, self.evaluation.outputs)
         self.fingerprint = DataFingerprint()  # of the evaluation samples, taken on the first pass
         self.plan: Optional[HeldOutPlan] = None  # the held-out plan of sharded passes, measured once
-        self.reference = RecordedReference(OrtRunner(self.graph.model, (), self.providers))
+        self.reference = RecordedReference(OrtRunner(self.graph.model, (), self.evaluation.providers))
         self.passes = 0
 
     @property
@@ -119,8 +118,8 @@ class Scorer:
         """A scorer of the same models on the first ``limit`` samples (itself when that is all of them)."""
         if not limit or limit >= len(self.held):
             return self
-        subset = Scorer(self.graph, self.held, self.outputs, self.metric, self.metric_params, self.arithmetic,
-                        self.providers, self.per_run, self.progress, self.group, limit, self.executor)
+        subset = Scorer(self.graph, self.held, self.evaluation, self.per_run, self.progress, self.group, limit,
+                        self.executor)
         subset.plan = self.plan  # the plan counts the whole selection; the limit is applied per call
         return subset
 
@@ -146,18 +145,17 @@ def score_group(scorer: Scorer, models: dict[str, Union[QdqCandidate, onnx.Model
     if sharded:
         if scorer.plan is None:  # measured once: every group scores the same samples
             scorer.plan = heldout_plan(scorer.graph, scorer.held.data, scorer.executor)
-        results, fingerprint = evaluate_sharded(
-            scorer.graph, scorer.held.data, models, scorer.outputs, scorer.executor, providers=scorer.providers,
-            arithmetic=scorer.arithmetic, metric=scorer.metric, metric_params=scorer.metric_params, progress=False,
-            limit=scorer.limit, plan=scorer.plan)
+        results, fingerprint = evaluate_sharded(scorer.graph, scorer.held.data, models, scorer.evaluation,
+                                                scorer.executor, progress=False, limit=scorer.limit, plan=scorer.plan)
         if scorer.passes == 0:
             scorer.fingerprint = fingerprint
         scorer.passes += 1
         if bar is not None:
             bar.update(scorer.samples * len(models))
         return results
-    candidates = {label: OrtRunner(m.build(scorer.graph) if isinstance(m, QdqCandidate) else m, (), scorer.providers,
-                                   scorer.arithmetic) for label, m in models.items()}
+    evaluation = scorer.evaluation
+    candidates = {label: OrtRunner(m.build(scorer.graph) if isinstance(m, QdqCandidate) else m, (),
+                                   evaluation.providers, evaluation.int8_arithmetic) for label, m in models.items()}
 
     class _Bar:  # the pass advances the bar once per sample per candidate
         def update(self, n: int) -> None:
@@ -166,7 +164,7 @@ def score_group(scorer: Scorer, models: dict[str, Union[QdqCandidate, onnx.Model
 
     batches = scorer.held.batches(scorer.fingerprint if scorer.passes == 0 else None, limit=scorer.limit)
     results = evaluate(scorer.reference.rewind(), candidates, batches, scorer.outputs, progress=_Bar(),
-                       metric=scorer.metric, metric_params=scorer.metric_params, per_run=scorer.per_run)
+                       metric=evaluation.metric, metric_params=dict(evaluation.metric_params), per_run=scorer.per_run)
     scorer.passes += 1
     return results
 
@@ -182,7 +180,7 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
 def variant(table: CalibrationTable, floating: Iterable[str], high_precision: str = "fp32") -> QdqCandidate:
     """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ, computing in
     ``high_precision`` (built where it is scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
-    return QdqCandidate(dict(table.activations), dict(table.weights), exclude_nodes=tuple(floating),
+    return QdqCandidate(dict(table.activations), dict(table.weights), QdqOptions(exclude_nodes=tuple(floating)),
                         float16=high_precision == "fp16")
 
 

@@ -52,9 +52,9 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ...data import _load_callable
+from ...data import load_callable
 from ...errors import QuantlabError
-from ...plugins import PluginInfo, _describe, _entry_points, _parameter_names
+from ...plugins import PluginInfo, describe_group, entry_points_of, parameter_names
 from .base import Metric, sqnr_db
 
 METRIC_GROUP = "quantlab.metrics"
@@ -70,7 +70,7 @@ __all__ = ["METRIC_GROUP", "Metric", "PluginInfo", "detect_metric", "list_metric
 
 def list_metrics() -> list[PluginInfo]:
     """Installed metrics (entry-point group ``quantlab.metrics``), sorted by name."""
-    return _describe(METRIC_GROUP)
+    return describe_group(METRIC_GROUP)
 
 
 def metric_class(spec: str) -> type:
@@ -79,9 +79,9 @@ def metric_class(spec: str) -> type:
     Errors name the Python parameter ``metric`` (the CLI's ``--metric``).
     """
     if ":" in spec:
-        loaded = _load_callable(spec, param="metric", kind="metric class", error=QuantlabError)
+        loaded = load_callable(spec, param="metric", kind="metric class", error=QuantlabError)
     else:
-        entry_points = _entry_points(METRIC_GROUP)
+        entry_points = entry_points_of(METRIC_GROUP)
         if spec not in entry_points:
             known = ", ".join(sorted(entry_points)) or "none (is quantlab installed with pip?)"
             raise QuantlabError(f"unknown metric {spec!r} for `metric`; installed: {known} (or give "
@@ -107,7 +107,7 @@ def make_metric(spec: str, outputs: Sequence[str], **params: Any) -> Any:
     """
     cls = metric_class(spec)
     label = getattr(cls, "name", "") or spec
-    accepted = _parameter_names(cls)[1:]  # the first is `outputs`
+    accepted = parameter_names(cls)[1:]  # the first is `outputs`
     takes_any = any(p.kind is p.VAR_KEYWORD for p in _signature(cls))
     unknown = [name for name in params if name not in accepted]
     if unknown and not takes_any:

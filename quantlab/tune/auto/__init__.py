@@ -47,22 +47,21 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
-from ... import defaults
-from ...calibrate import DataSpec, calibrate_statistics, open_dataset
+from ...calibrate import Method, RangeJob, RangePolicy, calibrate_statistics, method_label
 from ...collector import ACTIVATION_BUDGET
-from ...errors import DataError, QuantlabError
-from ...evaluation.compare import method_label
+from ...errors import CalibratorError, DataError, QuantlabError
 from ...evaluation.engine import OrtRunner, activation_bytes
 from ...graph import ModelGraph
 from ...preprocess import iterate_batches, select_indices
 from ...qdq import QUANTIZED_OPS, export_qdq
 from ...statistics import Statistics
 from ...table import CalibrationTable
+from ...workload import DataSpec, data_source, is_default_model, open_dataset
 from .interpreter import NodeSessions, TwoPathRun, has_subgraphs, peak_bytes, refine
 from .quantize import fake_quantize, histogram_error, relative_error
 
-__all__ = ["AUTO", "AUTO_CANDIDATES", "DEFAULT_SAMPLES", "AutoChoice", "choose_ranges", "fake_quantize",
-           "histogram_error"]
+__all__ = ["AUTO", "AUTO_CANDIDATES", "DEFAULT_SAMPLES", "AutoChoice", "AutoChooser", "AutoOptions", "choose_ranges",
+           "fake_quantize", "histogram_error"]
 
 AUTO = "auto"
 # Every built-in method, and percentiles from tight to loose: the grid auto chooses from.
@@ -109,18 +108,16 @@ def consumers_of(graph: ModelGraph, tensors: Sequence[str]) -> dict[str, list[in
     return out
 
 
-def candidate_tables(graph: ModelGraph, stats: Statistics, candidates: Sequence[tuple[str, dict]], *,
-                     allow_nonfinite: bool = False, zero_amax: Optional[float] = None) -> dict[str, CalibrationTable]:
+def candidate_tables(graph: ModelGraph, stats: Statistics, candidates: Sequence[tuple[str, dict]],
+                     policy: RangePolicy = RangePolicy()) -> dict[str, CalibrationTable]:
     """Each candidate method's table on the one collection, keyed by its label."""
-    return {method_label(method, params): calibrate_statistics(graph, stats, method, params,
-                                                               allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+    return {method_label(method, params): calibrate_statistics(graph, stats, Method(method, params), policy=policy)
             for method, params in candidates}
 
 
 def sample_inputs(graph: ModelGraph, data: DataSpec, samples: int) -> dict[str, np.ndarray]:
     """The first ``samples`` of the calibration selection, preprocessed, as one array per input."""
-    source = data.source if data.source is not None else defaults.CALIBRATION_DATA
-    dataset = open_dataset(source, data.data_format, graph)
+    dataset = open_dataset(data_source(graph, data), data.data_format, graph)
     indices = select_indices(len(dataset), data.num_samples, data.seed)[:samples]
     fixed = graph.inputs[0].fixed_batch if graph.inputs else None
     if fixed:
@@ -132,20 +129,31 @@ def sample_inputs(graph: ModelGraph, data: DataSpec, samples: int) -> dict[str, 
     return {name: np.concatenate([b.inputs[name] for b in batches]) for name in batches[0].inputs}
 
 
-def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, *,
-                  candidates: Sequence[tuple[str, dict]] = AUTO_CANDIDATES, samples: int = DEFAULT_SAMPLES,
-                  providers: Optional[Sequence[str]] = None, allow_nonfinite: bool = False,
-                  zero_amax: Optional[float] = None, budget: int = 4 * ACTIVATION_BUDGET,
-                  refine_passes: float = 1.0, progress: bool = True) -> tuple[CalibrationTable, AutoChoice]:
+@dataclass(frozen=True)
+class AutoOptions:
+    """How ``auto`` judges: the ``candidates`` (methods), the calibration ``samples`` it judges on,
+    ONNX Runtime ``providers``, the activation bytes its node-by-node runs may hold (``budget``;
+    fewer samples when needed) and the graph passes per tensor the refinement may take."""
+
+    candidates: tuple = AUTO_CANDIDATES
+    samples: int = DEFAULT_SAMPLES
+    providers: Optional[tuple] = None
+    budget: int = 4 * ACTIVATION_BUDGET
+    refine_passes: float = 1.0
+
+
+def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, options: AutoOptions = AutoOptions(), *,
+                  policy: RangePolicy = RangePolicy(), progress: bool = True) -> tuple[CalibrationTable, AutoChoice]:
     """``auto``'s table: per tensor of ``stats``, the range chosen as the module docstring says, on
-    the first ``samples`` samples of ``data`` (the calibration data the statistics came from).
-    ``budget``: bytes of activations the node-by-node runs may hold (fewer samples when needed)."""
+    the first ``options.samples`` samples of ``data`` (the calibration data the statistics came from)."""
+    candidates, samples, providers = options.candidates, options.samples, options.providers
+    budget, refine_passes = options.budget, options.refine_passes
     started = time.perf_counter()
     if not candidates:
         raise QuantlabError("auto needs at least one candidate method", params=("candidates",))
     if not (isinstance(samples, int) and samples > 0):
         raise QuantlabError(f"`auto_samples` must be a positive integer, got {samples!r}", params=("auto_samples",))
-    tables = candidate_tables(graph, stats, candidates, allow_nonfinite=allow_nonfinite, zero_amax=zero_amax)
+    tables = candidate_tables(graph, stats, candidates, policy)
     labels = list(tables)
     names = list(stats.tensors)
     readers = consumers_of(graph, [n for n in names if n not in graph.data_independent])
@@ -190,6 +198,36 @@ def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, *,
     table = CalibrationTable(AUTO, {"candidates": labels, "samples": used}, activations, first.weights, provenance,
                              notes, methods=methods)
     return table, choice
+
+
+class AutoChooser:
+    """``--method auto`` as a range chooser of the calibration pipeline (registered in the
+    ``quantlab.calibrators`` entry-point group like every method): it takes one parameter,
+    ``samples``, the calibration samples it judges ranges on."""
+
+    name = AUTO
+    trt_algorithm = "EntropyCalibration2"  # its ranges come from several methods; TensorRT reads any alike
+
+    def __init__(self, samples: int = DEFAULT_SAMPLES):
+        try:
+            value = int(samples)
+        except (TypeError, ValueError):
+            raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}") from None
+        if value < 1 or value != samples:
+            raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}")
+        self.samples = value
+
+    def params(self) -> dict:
+        return {"samples": self.samples}
+
+    def choose(self, job: RangeJob) -> CalibrationTable:
+        """The table of ``job``: it reads the calibration samples again, so it needs ``job.data``."""
+        if job.data is None or (job.data.source is None and not is_default_model(job.graph)):
+            raise DataError("method 'auto' judges ranges on calibration samples, so it needs the calibration data "
+                            "the statistics came from: give `data` too", params=("data",))
+        table, _ = choose_ranges(job.graph, job.stats, job.data, AutoOptions(samples=self.samples),
+                                 policy=job.policy, progress=job.progress)
+        return table
 
 
 def _judge_node_by_node(graph: ModelGraph, data: DataSpec, samples: int, tables: dict, labels: list[str],

@@ -44,9 +44,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from ..errors import QuantlabError
-from ..graph import names_used
-from ..qdq import QUANTIZED_OPS
+from .errors import QuantlabError
+from .graph import names_used
+from .qdq import QUANTIZED_OPS
 
 HIGH_PRECISIONS = ("fp16", "fp32")
 

@@ -1,0 +1,144 @@
+"""``quantlab calibrate``: data -> statistics -> ranges -> a TensorRT cache and its table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .. import defaults
+from ..calibrate import CalibrationOutput, Method, calibrate
+from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
+from ..plugins import list_calibrators, list_dataset_adapters
+from ..workload import resolve_model
+from .args import (
+    add_collection_arguments,
+    add_data_arguments,
+    add_executor_arguments,
+    collect_options,
+    data_spec,
+    emit,
+    executor_for,
+    executor_line,
+    number_type,
+    parse_params,
+    range_policy,
+    spelled,
+)
+
+EPILOG = """\
+examples:
+  quantlab calibrate                      # embedded Fashion-MNIST model and data, entropy
+  quantlab calibrate model.onnx --data calib/ --method entropy --num-samples 512 \\
+      --batch-size 32 -o model.cache
+  quantlab calibrate model.onnx --data calib.npz --method percentile --param p=99.9
+  quantlab collect model.onnx --data shard0/ -o shard0.stats.npz     # collect once...
+  quantlab calibrate model.onnx --stats shard0.stats.npz shard1.stats.npz --method mse
+                                                                    # ...calibrate offline
+
+data (--data): a folder of images (one sub-folder per class), a .npy/.npz file, an IDX file
+(MNIST format, .gz or not) or module:function returning samples. Integer samples (8-bit pixels,
+whatever their shape) are scaled by 1/255 and float samples fed as they are, unless --scale says
+otherwise; then --mean/--std, laid out as the model's input wants (NCHW/NHWC from its shape).
+In a .npz the inputs are the array 'x' (or named like the model input) and labels 'y'.
+
+outputs: the TensorRT calibration cache (-o; header TRT-<version>-<algorithm>, set with
+--trt-version/--trt-algorithm to match the TensorRT that reads it) and quantlab's JSON table
+(--table; default <cache stem>.quantlab.json) with per-tensor amax/scale, per-channel weight
+amax and provenance.
+"""
+
+
+def add_parser(sub) -> None:
+    cal = sub.add_parser("calibrate", help="calibrate a model and write a TensorRT cache + table",
+                         description="Collect activation statistics of an ONNX model on real data "
+                                     "and turn them into INT8 ranges.",
+                         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cal.add_argument("model", nargs="?", help="ONNX model (default: the embedded Fashion-MNIST CNN)")
+    cal.add_argument("--method", default="entropy", help="calibration method (default entropy; auto: per "
+                     "tensor, among every method's range, judged by the error at the graph outputs on "
+                     "calibration samples; see --list-methods)")
+    cal.add_argument("--param", action="append", metavar="NAME=VALUE",
+                     help="method parameter, e.g. p=99.9 for percentile (repeatable)")
+    cal.add_argument("-o", "--output", metavar="CACHE", help="TensorRT cache to write "
+                     "(default: <model name>.cache in the current folder)")
+    cal.add_argument("--table", metavar="JSON", help="quantlab table to write "
+                     "(default: <cache stem>.quantlab.json)")
+    cal.add_argument("--stats", nargs="+", metavar="FILE", help="calibrate from statistics "
+                     "files (from quantlab collect; merged) instead of running the model")
+    cal.add_argument("--save-stats", metavar="FILE", help="also save the collected statistics")
+    cal.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
+                     help="TensorRT version written in the cache header (default %(default)s)")
+    cal.add_argument("--trt-algorithm", help="algorithm in the cache header (default: "
+                     "EntropyCalibration2, MinMaxCalibration for max)")
+    cal.add_argument("--allow-nonfinite", action="store_true",
+                     help="calibrate tensors that had NaN/Inf from their finite values")
+    cal.add_argument("--zero-amax", type=number_type, metavar="VALUE",
+                     help="amax for tensors that were all zero (default: refuse them)")
+    cal.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
+    cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
+    cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
+    add_data_arguments(cal)
+    add_collection_arguments(cal)
+    add_executor_arguments(cal)
+    cal.set_defaults(func=run, command_parser=cal)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.list_methods:
+        for info in list_calibrators():
+            print(f"{info.name:12s} {info.target}  ({info.distribution})")
+        return 0
+    if args.list_formats:
+        for info in list_dataset_adapters():
+            print(f"{info.name:12s} {info.target}  ({info.distribution})")
+        return 0
+    model_path = Path(args.model) if args.model else defaults.MODEL
+    output = CalibrationOutput(args.output or f"{model_path.stem}.cache", table=args.table, stats=args.save_stats,
+                               trt_version=parse_version(args.trt_version), trt_algorithm=args.trt_algorithm)
+    graph = resolve_model(args.model)
+    with executor_for(args) as executor:
+        result = calibrate(graph, data_spec(args), Method(args.method, parse_params(args.param)), output=output,
+                           collect=collect_options(args), policy=range_policy(args), stats=args.stats,
+                           progress=not args.quiet, executor=executor)
+    table = result.table
+    amax = sorted(table.activations.values())
+    data = {"model": str(model_path), "method": table.method, "params": table.params,
+            "cache": str(result.cache_path), "cache_header": table.provenance["trt_cache_header"],
+            "table": str(result.table_path), "activations": len(table.activations), "weights": len(table.weights),
+            "amax_min": amax[0], "amax_max": amax[-1], "samples": result.statistics.num_samples,
+            "input_scaling": result.statistics.scaling, "notes": table.notes, "seconds": result.seconds,
+            "tensors": args.tensors}
+    lines = [f"calibrated {model_path.name} with {table.method} {table.params or ''}",
+             f"  activations : {len(table.activations)} tensors, amax {amax[0]:.4g} .. {amax[-1]:.4g}",
+             f"  weights     : {len(table.weights)} tensors, per output channel",
+             f"  samples     : {result.statistics.num_samples}"]
+    if result.statistics.scaling:
+        lines.append(f"  input       : {spelled(args, result.statistics.scaling)}")
+    if "auto" in table.provenance:
+        auto = table.provenance["auto"]
+        counts = ", ".join(f"{label} {n}" for label, n in sorted(auto["chosen_counts"].items(), key=lambda i: -i[1]))
+        lines.append(f"  chosen      : {counts} (per tensor, by the error it causes downstream on "
+                     f"{auto['samples']} calibration samples; the table says which)")
+        data["chosen_counts"] = auto["chosen_counts"]
+    graph_notes = list(result.table.provenance["model"].get("normalisation", []))
+    if graph.data_independent:
+        graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "
+                           "need no range")
+    if graph.unquantizable_weights:
+        shown = ", ".join(list(graph.unquantizable_weights)[:3])
+        graph_notes.append(f"{len(graph.unquantizable_weights)} weighted node(s) without a quantizable weight "
+                           f"({shown}{' ...' if len(graph.unquantizable_weights) > 3 else ''}; export-qdq says why)")
+    if graph_notes:
+        lines.append("  graph       : " + "; ".join(graph_notes))
+    if executor_line(executor) and not args.stats:
+        lines.append(executor_line(executor))
+        data["executor"] = {"where": executor.describe(), "ran": executor.ran()}
+    lines += [f"  time        : {result.seconds:.2f} s",
+              f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
+              f"  table       : {result.table_path}"]
+    lines += [f"  note: {name}: {spelled(args, note)}" for name, note in list(table.notes.items())[:5]]
+    if args.tensors == "qdq":
+        lines.append("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 "
+                     "explicit INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
+    emit(args, data, "\n".join(lines))
+    return 0

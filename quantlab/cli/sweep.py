@@ -1,0 +1,85 @@
+"""``quantlab sweep``: every method on one collection, each evaluated the same way, ranked."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..errors import QuantlabError
+from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
+from .args import (
+    add_collection_arguments,
+    add_data_arguments,
+    add_executor_arguments,
+    add_metric_arguments,
+    collect_options,
+    count_type,
+    data_spec,
+    emit,
+    eval_options,
+    eval_spec,
+    executor_for,
+    number_type,
+    range_policy,
+    spelled,
+)
+
+
+def add_parser(sub) -> None:
+    swp = sub.add_parser("sweep", help="calibrate with every method, evaluate each, rank them",
+                         description="Collect statistics once, calibrate max, entropy, percentile 99.9/99.99/"
+                                     "99.999, mse and auto on them, evaluate each Q/DQ model on held-out data and "
+                                     "rank them.",
+                         epilog="example:\n  quantlab sweep model.onnx --data calib/ --eval-data heldout/ "
+                                "--report reports/model-sweep --pick best",
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    swp.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
+    swp.add_argument("--eval-data", metavar="PATH", help="held-out data (default for the embedded model: its "
+                     "held-out set)")
+    swp.add_argument("--eval-num-samples", type=count_type(1), metavar="N",
+                     help="use N held-out samples (default: all)")
+    swp.add_argument("--report", metavar="DIR", help="write the ranking report here")
+    swp.add_argument("--pick", choices=["best"], help="write the winner's cache, table and Q/DQ model "
+                     "into the report folder")
+    swp.add_argument("--output", action="append", default=[], metavar="NAME", help="model output to rank on")
+    swp.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
+                     help="TensorRT version in the picked cache's header")
+    swp.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
+    swp.add_argument("--zero-amax", type=number_type, metavar="VALUE", help="as for calibrate")
+    swp.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
+                     help="as for compare (default tensorrt)")
+    add_metric_arguments(swp, "--rank-by")
+    swp.add_argument("--json", action="store_true", help="print the JSON result")
+    add_data_arguments(swp)
+    add_collection_arguments(swp)
+    add_executor_arguments(swp)
+    swp.set_defaults(func=run, command_parser=swp)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation.sweep import SweepOutput, sweep
+
+    if args.eval_data is None and args.model is not None:
+        raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
+    calib = data_spec(args)
+    heldout = eval_spec(args, calib)
+    with executor_for(args) as executor:
+        data = sweep(args.model, calib, heldout, evaluation=eval_options(args, args.output),
+                     collect=collect_options(args), policy=range_policy(args),
+                     output=SweepOutput(args.report, args.pick, parse_version(args.trt_version)),
+                     progress=not args.quiet, executor=executor)
+    lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
+    for r in data["results"]:
+        parts = [f"{label} {r[key]:.4f}" for label, key in (
+            ("top-1", "int8_top1"), ("agreement", "top1_agreement"), ("SQNR dB", "sqnr_db")) if key in r]
+        if r.get("score") is not None and r.get("score_name") not in ("int8_top1", "top1_agreement", "sqnr_db"):
+            parts.append(f"{r['score_name']} {r['score']:.4f}")
+        lines.append(f"  {r['rank']}. {r['method']:24s} " + ", ".join(parts))
+    lines += [f"  {spelled(args, note)}" for note in data["notes"]]
+    if "picked" in data:
+        lines.append(f"  picked {data['picked']['method']}: {data['picked']['cache']}, {data['picked']['qdq_model']}")
+    if executor.name != "local":
+        lines.append(f"  executor: {data['executor']['where']}; {data['executor']['ran']}")
+    if args.report:
+        lines.append(f"  report: {args.report}/report.md (.html, .json)")
+    emit(args, data, "\n".join(lines))
+    return 0
