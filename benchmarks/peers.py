@@ -58,13 +58,13 @@ start = time.perf_counter()
 import numpy as np
 BATCH = 32
 if tool.startswith("quantlab"):
-    from quantlab import DataSpec, calibrate
+    from quantlab import CollectOptions, DataSpec, Method, calibrate
     from quantlab.graph import load_model
     from quantlab.qdq import export_qdq
     method, _, scope = tool.split("-", 1)[1].partition("-")
     params = {"p": 99.99} if method == "percentile" else {}
-    result = calibrate(model, DataSpec(data, batch_size=BATCH), method=method, params=params,
-                       tensors=scope or "all", output=workdir + "/q.cache", progress=False)
+    result = calibrate(model, DataSpec(data, batch_size=BATCH), Method(method, params),
+                       collect=CollectOptions(tensors=scope or "all"), output=workdir + "/q.cache", progress=False)
     qdq, _ = export_qdq(load_model(model), result.table.activations, result.table.weights)
     open(workdir + "/int8.onnx", "wb").write(qdq.SerializeToString())
 elif tool == "fp32-pass":

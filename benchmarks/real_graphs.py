@@ -346,9 +346,9 @@ def quantlab_arrays(model: corpus.CorpusModel, npz: Path) -> np.ndarray:
     re-implementation on the first sample."""
     from PIL import Image
 
-    from quantlab.calibrate import open_dataset
     from quantlab.graph import load_model
     from quantlab.preprocess import Preprocess, iterate_batches, select_indices
+    from quantlab.workload import open_dataset
 
     graph = load_model(model.path)
     spec = graph.inputs[0]

@@ -184,9 +184,10 @@ def measure(workload: str, executor: str, workers, args) -> dict:
 def model_costs(samples: int = 32) -> dict:
     """In this process: the parts of a shard's cost that the cost model scales."""
     from quantlab import defaults
-    from quantlab.calibrate import CollectShard, DataSpec, DataTask, collect_shard
+    from quantlab.calibrate import CollectShard, collect_shard
     from quantlab.executors.shipping import ModelRef
     from quantlab.graph import load_model
+    from quantlab.workload import DataSpec, DataTask
 
     found = {}
     for name, model, data in (("mobilenetv2", MOBILENET / "model.onnx", mobilenet_data()),

@@ -42,21 +42,17 @@ sys.path.insert(0, str(HERE))
 import corpus  # noqa: E402
 from tune_peers import PEERS_PYTHON, make_npz, run_peer  # noqa: E402
 
-from quantlab.calibrate import (  # noqa: E402  # noqa: E402
-    DataSpec,
-    calibrate,
-    calibrate_statistics,
-    collect_statistics,
-    open_dataset,
-    resolve_model,
-)
-from quantlab.evaluation.compare import HeldOut, method_label  # noqa: E402
+from quantlab.calibrate import Method, calibrate, calibrate_statistics, collect_statistics, method_label  # noqa: E402
 from quantlab.evaluation.engine import OrtRunner, evaluate  # noqa: E402
+from quantlab.evaluation.heldout import HeldOut  # noqa: E402
+from quantlab.evaluation.options import EvalOptions  # noqa: E402
 from quantlab.preprocess import Preprocess, iterate_batches, select_indices  # noqa: E402
 from quantlab.qdq import export_qdq  # noqa: E402
 from quantlab.tune.auto import AUTO_CANDIDATES  # noqa: E402
+from quantlab.tune.options import Budget, SearchOptions, TuneOutput  # noqa: E402
 from quantlab.tune.pipeline import tune  # noqa: E402
 from quantlab.tune.sensitivity import quantized_layers  # noqa: E402
+from quantlab.workload import DataSpec, open_dataset, resolve_model  # noqa: E402
 
 REPORTS = ROOT / "reports"
 PEER_TOOLS = (("modelopt entropy", ["modelopt", "--method", "entropy"]),
@@ -131,7 +127,7 @@ def run_workload(name: str, spec: dict, work: Path, peers: bool, tune_it: bool) 
     _, entropy_seconds = timed(calibrate, graph, calib, method="entropy", progress=False)
     auto_result, auto_seconds = timed(calibrate, graph, calib, method="auto", progress=False)
     stats = collect_statistics(graph, calib, progress=False)
-    tables = {method_label(m, p): calibrate_statistics(graph, stats, m, p) for m, p in AUTO_CANDIDATES}
+    tables = {method_label(m, p): calibrate_statistics(graph, stats, Method(m, p)) for m, p in AUTO_CANDIDATES}
     tables["auto"] = auto_result.table
     models = {label: export_qdq(graph, t.activations, t.weights)[0] for label, t in tables.items()}
     peer_records = {}
@@ -171,8 +167,9 @@ def tune_against_nncf(graph, calib: DataSpec, files: dict, work: Path, metric_na
         np.savez(unlabelled, x=np.load(files["eval"])["x"])
         heldout = DataSpec(str(unlabelled))
     print(f"[{Path(files['model']).name}] tune --max-drop {max_drop} ({metric_name})", file=sys.stderr)
-    data, seconds = timed(tune, graph, calib, heldout, max_drop=max_drop, metric="classification",
-                          sensitivity="float", progress=False, output=work / f"tuned-{metric_name}.qdq.onnx")
+    data, seconds = timed(tune, graph, calib, heldout, budget=Budget(max_drop=max_drop),
+                          evaluation=EvalOptions(metric="classification"), search=SearchOptions(sensitivity="float"),
+                          progress=False, output=TuneOutput(work / f"tuned-{metric_name}.qdq.onnx"))
     row = {"metric": metric_name, "max_drop": max_drop,
            "quantlab": {"fallback": data["fallback"], "float_layers": len(data["fallback"]), "met": data["met"],
                         "all_int8": data["all_int8"], "written": data["written"], "seconds": seconds,

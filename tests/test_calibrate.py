@@ -14,12 +14,13 @@ from quantlab import (
     collect_statistics,
     defaults,
 )
-from quantlab.calibrate import select_tensors, table_path_for
+from quantlab.calibrate import CollectOptions, Method, RangePolicy, select_tensors
 from quantlab.errors import QuantlabError, StatisticsError
 from quantlab.graph import load_model
 from quantlab.statistics import Statistics, merge_files
 from quantlab.table import CalibrationTable
 from quantlab.weights import per_channel_amax
+from quantlab.workload import table_path_for
 
 SUBSET = 96
 
@@ -126,7 +127,7 @@ def test_nan_activations_are_refused_unless_allowed(graph, calib_images, tmp_pat
     stats = collect_statistics(graph, DataSpec(tmp_path / "nan.npy"), progress=False)
     with pytest.raises(StatisticsError, match="NaN/Inf activations.*allow_nonfinite"):
         calibrate_statistics(graph, stats)
-    table = calibrate_statistics(graph, stats, allow_nonfinite=True)
+    table = calibrate_statistics(graph, stats, policy=RangePolicy(allow_nonfinite=True))
     assert "NaN" in table.notes["image"]
     assert all(np.isfinite(a) and a > 0 for a in table.activations.values())
 
@@ -136,14 +137,14 @@ def test_all_zero_tensor_is_refused_unless_given_an_amax(graph, tmp_path):
     stats = collect_statistics(graph, DataSpec(tmp_path / "zeros.npy"), progress=False)
     with pytest.raises(StatisticsError, match="all zero.*zero_amax"):
         calibrate_statistics(graph, stats)
-    table = calibrate_statistics(graph, stats, zero_amax=1.0)
+    table = calibrate_statistics(graph, stats, policy=RangePolicy(zero_amax=1.0))
     assert table.activations["image"] == 1.0 and "all zero" in table.notes["image"]
 
 
 def test_every_method_gives_finite_positive_ranges_on_real_data(graph):
     stats = collect_statistics(graph, DataSpec(num_samples=64), progress=False)
     for method, params in (("max", {}), ("entropy", {}), ("percentile", {"p": 99.9}), ("mse", {})):
-        table = calibrate_statistics(graph, stats, method, params)
+        table = calibrate_statistics(graph, stats, Method(method, params))
         amax = np.array(list(table.activations.values()))
         assert np.all(np.isfinite(amax)) and np.all(amax > 0), method
         maxes = np.array([stats.tensors[n].max_abs for n in table.activations])
@@ -177,7 +178,8 @@ def test_qdq_scope_gives_the_same_ranges_as_measuring_everything(graph, calib_im
     # fused kernel may round a value differently in its last bit.
     data = DataSpec(first_images(calib_images, tmp_path), batch_size=16)
     everything = calibrate(graph, data, method="max", progress=False).table.activations
-    qdq_only = calibrate(graph, data, method="max", tensors="qdq", progress=False).table.activations
+    qdq_only = calibrate(graph, data, method="max", collect=CollectOptions(tensors="qdq"),
+                         progress=False).table.activations
     assert list(qdq_only) == select_tensors(graph, "qdq")
     for name, amax in qdq_only.items():
         assert amax == pytest.approx(everything[name], rel=1e-5), name

@@ -21,9 +21,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import calibrate
 from quantlab.cli import run
 from quantlab.errors import QuantlabError
+from quantlab.workload import DataSpec
 
 from conftest import run_cli
 from test_outputs import wait_for_import

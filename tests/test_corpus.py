@@ -78,10 +78,12 @@ def test_an_opset_11_paddle_export_is_converted_for_export_and_the_summary_says_
 
 
 def test_compare_and_sweep_agree_bit_for_bit_on_a_real_third_party_model(tmp_path):
-    from quantlab.calibrate import DataSpec, calibrate
+    from quantlab.calibrate import calibrate
     from quantlab.evaluation.compare import compare
+    from quantlab.evaluation.options import CompareOptions
     from quantlab.evaluation.sweep import sweep
     from quantlab.preprocess import Preprocess
+    from quantlab.workload import DataSpec
 
     model = corpus.by_name("mtcnn_onet")
     path = installed(model)
@@ -92,7 +94,8 @@ def test_compare_and_sweep_agree_bit_for_bit_on_a_real_third_party_model(tmp_pat
                                                                                   preprocess=pre)
     swept = sweep(str(path), calib, held, methods=[("max", {})], progress=False)
     calibrate(str(path), calib, method="max", output=tmp_path / "m.cache", progress=False)
-    compared = compare(str(path), tmp_path / "m.quantlab.json", held, tensor_samples=0, progress=False).data
+    compared = compare(str(path), tmp_path / "m.quantlab.json", held, options=CompareOptions(tensor_samples=0),
+                       progress=False).data
     keys = ("samples", "cosine_similarity", "sqnr_db", "max_abs_error")
     assert {k: swept["results"][0][k] for k in keys} == {k: compared["outputs"][0][k] for k in keys}
     assert swept["results"][0]["score"] == compared["metric"]["score"]
@@ -130,14 +133,16 @@ def test_a_fallback_layer_before_an_output_with_a_wrong_declared_shape_runs_in_f
     import numpy as np
     import onnxruntime as ort
 
-    from quantlab.calibrate import DataSpec, calibrate, resolve_model
+    from quantlab.calibrate import calibrate
+    from quantlab.preprocess import Preprocess
     from quantlab.tune.sensitivity import variant
+    from quantlab.workload import DataSpec, resolve_model
 
     model = corpus.by_name("ppocrv5_cls")
     graph = resolve_model(installed(model))
     corpus.write_split(model, "calibration", 8, tmp_path / "calib.npz")
-    spec = DataSpec(str(tmp_path / "calib.npz"))
-    spec.preprocess = type(spec.preprocess)(resize=model.resize, mean=model.mean, std=model.std)
+    spec = DataSpec(str(tmp_path / "calib.npz"),
+                    preprocess=Preprocess(resize=model.resize, mean=model.mean, std=model.std))
     table = calibrate(graph, spec, method="max", progress=False).table
     half = variant(table, ["MatMul.0"], "fp16").build(graph)
     session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])

@@ -9,13 +9,16 @@ import numpy as np
 import pytest
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import Method, calibrate
 from quantlab.data import read_idx
-from quantlab.evaluation.compare import HeldOut, compare
+from quantlab.evaluation.compare import compare
+from quantlab.evaluation.options import CompareOptions
 from quantlab.evaluation.engine import OrtRunner, evaluate, tensor_errors
+from quantlab.evaluation.heldout import HeldOut
 from quantlab.evaluation.sweep import sweep
 from quantlab.graph import load_model
 from quantlab.qdq import export_qdq
+from quantlab.workload import DataSpec
 
 FIDELITY = ("samples", "cosine_similarity", "sqnr_db", "max_abs_error", "top1_agreement", "fp32_top1", "int8_top1",
             "fp32_top5", "int8_top5")
@@ -32,8 +35,9 @@ def quantized():
 def test_compare_and_sweep_give_the_same_numbers_for_the_same_ranges(tmp_path):
     calib, heldout = DataSpec(num_samples=128), DataSpec(num_samples=200)
     swept = sweep(calib=calib, heldout=heldout, methods=[("percentile", {"p": 99.99})], progress=False)
-    calibrate(data=calib, method="percentile", params={"p": 99.99}, output=tmp_path / "m.cache", progress=False)
-    compared = compare(cache=tmp_path / "m.quantlab.json", data=heldout, tensor_samples=0, progress=False).data
+    calibrate(data=calib, method=Method("percentile", {"p": 99.99}), output=tmp_path / "m.cache", progress=False)
+    compared = compare(cache=tmp_path / "m.quantlab.json", data=heldout, options=CompareOptions(tensor_samples=0),
+                       progress=False).data
     row, output = swept["results"][0], compared["outputs"][0]
     assert {k: row[k] for k in FIDELITY} == {k: output[k] for k in FIDELITY}
 
@@ -62,7 +66,8 @@ def test_per_tensor_errors_do_not_depend_on_how_many_tensors_a_pass_measures(qua
 def test_headline_numbers_do_not_change_when_per_tensor_errors_are_measured(tmp_path):
     calibrate(data=DataSpec(num_samples=64), output=tmp_path / "m.cache", method="max", progress=False)
     with_tensors = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64), progress=False).data
-    without = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64), tensor_samples=0, progress=False).data
+    without = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64), options=CompareOptions(tensor_samples=0),
+                      progress=False).data
     assert with_tensors["outputs"] == without["outputs"] and with_tensors["tensors"] and not without["tensors"]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from quantlab import defaults
-from quantlab.calibrate import CollectShard, DataSpec, DataTask, calibrate, collect_shard, collect_statistics
+from quantlab.calibrate import CalibrationOutput, CollectShard, calibrate, collect_shard, collect_statistics
 from quantlab.errors import DataError, QuantlabError
 from quantlab.evaluation.sweep import sweep
 from quantlab.executors import get_executor, plan_shards, report_progress
@@ -29,6 +29,7 @@ from quantlab.executors.shipping import ModelRef
 from quantlab.graph import load_model
 from quantlab.preprocess import select_indices
 from quantlab.statistics import Statistics
+from quantlab.workload import DataSpec, DataTask
 
 from conftest import run_cli
 
@@ -108,7 +109,7 @@ def _write_dataset(folder: Path, name: str, body: str) -> str:
 def reference(tmp_path_factory) -> dict:
     """What one process writes: the statistics file and the cache of the embedded model."""
     folder = tmp_path_factory.mktemp("local")
-    calibrate(data=DataSpec(**CALIB), method="entropy", output=folder / "m.cache", save_stats=folder / "m.npz",
+    calibrate(data=DataSpec(**CALIB), method="entropy", output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
               progress=False)
     return {"stats": (folder / "m.npz").read_bytes(), "cache": (folder / "m.cache").read_bytes()}
 
@@ -146,7 +147,7 @@ def ray_cluster():
 
 
 def _written(executor, folder: Path) -> dict:
-    calibrate(data=DataSpec(**CALIB), method="entropy", output=folder / "m.cache", save_stats=folder / "m.npz",
+    calibrate(data=DataSpec(**CALIB), method="entropy", output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
               progress=False, executor=executor)
     return {"stats": (folder / "m.npz").read_bytes(), "cache": (folder / "m.cache").read_bytes()}
 

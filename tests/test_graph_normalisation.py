@@ -13,10 +13,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import calibrate
 from quantlab.errors import DataError, ModelError
 from quantlab.graph import load_model, upgrade_opset
 from quantlab.qdq import export_qdq
+from quantlab.workload import DataSpec
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)

@@ -14,11 +14,12 @@ import pytest
 from onnx import numpy_helper
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import calibrate
 from quantlab.data import read_idx
 from quantlab.evaluation.engine import OrtRunner, execution_verdict
 from quantlab.graph import load_model
 from quantlab.qdq import export_qdq
+from quantlab.workload import DataSpec
 
 
 @pytest.fixture(scope="module")

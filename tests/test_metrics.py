@@ -16,7 +16,7 @@ import onnxruntime as ort
 import pytest
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import CollectOptions, calibrate
 from quantlab.data import read_idx
 from quantlab.errors import QuantlabError
 from quantlab.evaluation.metrics import detect_metric, list_metrics, make_metric, metric_class
@@ -24,6 +24,7 @@ from quantlab.evaluation.metrics.base import ExactSum
 from quantlab.evaluation.metrics.detection import average_precision, decode, head_geometry, nms
 from quantlab.graph import load_model
 from quantlab.qdq import export_qdq
+from quantlab.workload import DataSpec
 
 BUILTINS = ("classification", "dense", "detection", "fidelity")
 # The comparator compare and sweep used before the metrics: while it exists, the metrics must
@@ -34,7 +35,8 @@ BUILTINS = ("classification", "dense", "detection", "fidelity")
 def logits():
     """FP32 and INT8 logits [300, 10] of the embedded model on held-out images, and the labels."""
     graph = load_model(defaults.MODEL)
-    table = calibrate(graph, DataSpec(num_samples=64), method="percentile", tensors="qdq", progress=False).table
+    table = calibrate(graph, DataSpec(num_samples=64), method="percentile", collect=CollectOptions(tensors="qdq"),
+                      progress=False).table
     model, _ = export_qdq(graph, table.activations, table.weights)
     images = (read_idx(defaults.HELDOUT_DATA)[:300].astype(np.float32) / 255)[:, None]
     labels = read_idx(defaults.HELDOUT_DATA.with_name("heldout-labels-idx1-ubyte.gz"))[:300].astype(np.int64)

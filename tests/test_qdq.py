@@ -12,7 +12,7 @@ from quantlab.data import IdxDataset
 from quantlab.errors import QuantlabError
 from quantlab.formats.ranges import read_ranges
 from quantlab.graph import load_model
-from quantlab.qdq import export_qdq
+from quantlab.qdq import QdqOptions, export_qdq
 
 from conftest import run_cli
 
@@ -83,7 +83,7 @@ def test_unmatched_entries_are_listed_not_dropped():
 
 def test_excluded_op_types_stay_in_float():
     graph = load_model(defaults.MODEL)
-    model, report = export_qdq(graph, {name: 4.0 for name in graph.activations}, exclude_ops=["Gemm"])
+    model, report = export_qdq(graph, {name: 4.0 for name in graph.activations}, None, QdqOptions(exclude_ops=["Gemm"]))
     gemm = next(n for n in model.graph.node if n.op_type == "Gemm")
     assert not any(name.endswith("dequantized") for name in gemm.input)
     assert len(report.skipped_nodes) == 1
@@ -92,7 +92,7 @@ def test_excluded_op_types_stay_in_float():
 def test_residual_placement_feeds_the_skip_input_of_conv_add_through_qdq():
     graph = load_model(defaults.MODEL)
     amax = {name: 4.0 for name in graph.activations}
-    model, _ = export_qdq(graph, amax, placement="residual")
+    model, _ = export_qdq(graph, amax, None, QdqOptions(placement="residual"))
     producers = {out: node.op_type for node in model.graph.node for out in node.output}
     adds = [n for n in model.graph.node if n.op_type == "Add"]
     assert len(adds) == 3

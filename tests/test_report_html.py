@@ -20,9 +20,9 @@ import pytest
 from PIL import Image
 
 from quantlab import report as report_module
-from quantlab.calibrate import DataSpec
-from quantlab.evaluation.sweep import sweep
+from quantlab.evaluation.sweep import SweepOutput, sweep
 from quantlab.report import Report, bar_figure
+from quantlab.workload import DataSpec
 
 WINDOW = (1280, 900)
 # Headless, and nothing that would reach the network (closed here) or outlive the test.
@@ -79,7 +79,7 @@ def _run_chromium(chromium: str, page: Path, profile: Path, *args: str) -> subpr
 def sweep_report(tmp_path_factory) -> Path:
     """A real sweep report of the embedded model on its embedded data (few samples: seconds)."""
     folder = tmp_path_factory.mktemp("sweep") / "report"
-    sweep(calib=DataSpec(num_samples=64), heldout=DataSpec(num_samples=100), report=folder, pick="best",
+    sweep(calib=DataSpec(num_samples=64), heldout=DataSpec(num_samples=100), output=SweepOutput(folder, "best"),
           progress=False)
     return folder
 

@@ -11,14 +11,16 @@ import onnxruntime as ort
 import pytest
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate, collect_statistics, resolve_model
+from quantlab.calibrate import Method, calibrate, collect_statistics
 from quantlab.errors import QuantlabError
-from quantlab.evaluation.compare import HeldOut
 from quantlab.evaluation.engine import OrtRunner
+from quantlab.evaluation.heldout import HeldOut
+from quantlab.evaluation.options import EvalOptions
 from quantlab.formats.ranges import read_ranges
 from quantlab.qdq import export_qdq
 from quantlab.tune.auto import (
     AUTO_CANDIDATES,
+    AutoOptions,
     candidate_tables,
     choose_ranges,
     consumers_of,
@@ -27,9 +29,11 @@ from quantlab.tune.auto import (
 )
 from quantlab.tune.auto.interpreter import NodeSessions, TwoPathRun
 from quantlab.tune.auto.quantize import relative_error
+from quantlab.tune.options import Budget, SearchOptions, TuneOutput
 from quantlab.tune.pipeline import tune, tuned_paths
 from quantlab.tune.search import search
 from quantlab.tune.sensitivity import Scorer, quantized_layers, variant
+from quantlab.workload import DataSpec, resolve_model
 
 from conftest import run_cli
 
@@ -51,7 +55,7 @@ def stats(graph):
 
 @pytest.fixture(scope="module")
 def auto(graph, stats):
-    return choose_ranges(graph, stats, DataSpec(), samples=32, progress=False)
+    return choose_ranges(graph, stats, DataSpec(), AutoOptions(samples=32), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +71,9 @@ def tuned(graph, unlabelled, tmp_path_factory):
     """A tune whose budget (0.4 points of agreement) all-INT8 misses on these samples (0.67 points)."""
     folder = tmp_path_factory.mktemp("tuned")
     out = folder / "model.qdq.onnx"
-    data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), max_drop=0.4, output=out, sensitivity="float",
-                auto_samples=16, report=folder / "report", progress=False)
+    data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), budget=Budget(max_drop=0.4),
+                search=SearchOptions(sensitivity="float", auto_samples=16),
+                output=TuneOutput(out, report=folder / "report"), progress=False)
     return data, {**tuned_paths(out), "report": folder / "report"}
 
 
@@ -137,7 +142,7 @@ def test_auto_tensors_that_feed_quantized_layers_are_judged_at_those_layers(auto
 
 
 def test_calibrate_auto_writes_an_ordinary_tensorrt_cache(tmp_path):
-    result = calibrate(method="auto", params={"samples": 16}, output=tmp_path / "m.cache", progress=False)
+    result = calibrate(method=Method("auto", {"samples": 16}), output=tmp_path / "m.cache", progress=False)
     ranges = read_ranges(tmp_path / "m.cache")
     assert ranges.format == "trt"
     assert (tmp_path / "m.cache").read_text().startswith("TRT-8601-EntropyCalibration2")
@@ -145,8 +150,8 @@ def test_calibrate_auto_writes_an_ordinary_tensorrt_cache(tmp_path):
 
 
 def test_auto_does_not_depend_on_the_batch_size():
-    one = calibrate(method="auto", params={"samples": 32}, data=DataSpec(batch_size=8), progress=False)
-    two = calibrate(method="auto", params={"samples": 32}, data=DataSpec(batch_size=32), progress=False)
+    one = calibrate(method=Method("auto", {"samples": 32}), data=DataSpec(batch_size=8), progress=False)
+    two = calibrate(method=Method("auto", {"samples": 32}), data=DataSpec(batch_size=32), progress=False)
     assert one.table.activations == two.table.activations
     assert one.table.methods == two.table.methods
 
@@ -163,7 +168,7 @@ def test_auto_without_the_calibration_data_is_refused(tmp_path):
 
 def test_auto_refuses_parameters_it_does_not_take():
     with pytest.raises(QuantlabError, match="only the parameter samples"):
-        calibrate(method="auto", params={"p": 99}, progress=False)
+        calibrate(method=Method("auto", {"p": 99}), progress=False)
 
 
 def test_auto_candidates_cover_every_built_in_method():
@@ -244,17 +249,17 @@ def test_tune_table_records_the_fallback_and_the_metric_before_and_after(tuned):
 
 
 def test_an_unreachable_budget_is_reported_as_missed_with_the_best_reached(graph, unlabelled):
-    data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), max_drop=0.0, max_float_layers=0, auto_samples=16,
-                progress=False)
+    data = tune(graph, DataSpec(), DataSpec(str(unlabelled)), budget=Budget(max_drop=0.0, max_float_layers=0),
+                search=SearchOptions(auto_samples=16), progress=False)
     assert data["all_int8"]["drop"] > 0
     assert not data["met"] and data["fallback"] == []
     assert any("was not met" in note and "(the limit, max_float_layers, is 0)" in note for note in data["notes"])
 
 
 def test_the_speculative_search_takes_the_steps_of_the_sequential_one(graph, unlabelled):
-    table = calibrate(method="auto", params={"samples": 16}, progress=False).table
+    table = calibrate(method=Method("auto", {"samples": 16}), progress=False).table
     held = HeldOut(graph, DataSpec(str(unlabelled), num_samples=100))
-    scorer = Scorer(graph, held, graph.output_names, "classification", progress=False)
+    scorer = Scorer(graph, held, EvalOptions(metric="classification"), progress=False)
     base = scorer.score({"auto": variant(table, [])})["auto"]
     ranking = quantized_layers(variant(table, []).build(graph))[::-1]
     found = {lookahead: search(ranking, base, lambda chosen: variant(table, chosen), scorer, 0.0, 5, lookahead)
@@ -269,7 +274,7 @@ def test_auto_on_a_model_with_a_fixed_batch_size_judges_whole_models(tmp_path):
     onnx.save(model, tmp_path / "fixed.onnx")
     result = calibrate(str(tmp_path / "fixed.onnx"), DataSpec(str(defaults.CALIBRATION_DATA), num_samples=32,
                                                               batch_size=4),
-                       method="auto", params={"samples": 8}, progress=False)
+                       method=Method("auto", {"samples": 8}), progress=False)
     auto = result.table.provenance["auto"]
     assert auto["samples"] == 8 and auto["winner"] in auto["network_error"]
     assert auto["network_error"][auto["winner"]] == min(auto["network_error"].values())
@@ -277,25 +282,26 @@ def test_auto_on_a_model_with_a_fixed_batch_size_judges_whole_models(tmp_path):
 
 def test_ranking_samples_must_be_positive(graph, unlabelled):
     with pytest.raises(QuantlabError, match="ranking_samples"):
-        tune(graph, DataSpec(), DataSpec(str(unlabelled)), ranking_samples=-5, progress=False)
+        tune(graph, DataSpec(), DataSpec(str(unlabelled)), search=SearchOptions(ranking_samples=-5), progress=False)
 
 
 def test_a_budget_on_a_metric_that_is_not_a_fraction_is_refused(graph, unlabelled):
     with pytest.raises(QuantlabError, match="not a fraction"):
-        tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=32), metric="fidelity", auto_samples=8,
-             progress=False)
+        tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=32), evaluation=EvalOptions(metric="fidelity"),
+             search=SearchOptions(auto_samples=8), progress=False)
 
 
 def test_evaluation_data_that_overlaps_the_calibration_data_is_warned_about(graph):
-    data = tune(graph, DataSpec(), DataSpec(str(defaults.CALIBRATION_DATA), num_samples=64), max_drop=100,
-                auto_samples=8, progress=False)
+    data = tune(graph, DataSpec(), DataSpec(str(defaults.CALIBRATION_DATA), num_samples=64),
+                budget=Budget(max_drop=100), search=SearchOptions(auto_samples=8), progress=False)
     assert data["heldout"]["overlap_with_calibration"] == 64
     assert any("also calibration samples" in note for note in data["notes"])
 
 
 def test_a_detection_metric_on_a_classifier_names_its_output_shapes():
     with pytest.raises(QuantlabError, match=r"of logits \(32, 10\)"):
-        tune(None, DataSpec(), DataSpec(), metric="detection", auto_samples=8, progress=False)
+        tune(None, DataSpec(), DataSpec(), evaluation=EvalOptions(metric="detection"),
+             search=SearchOptions(auto_samples=8), progress=False)
 
 
 def test_cli_tune_runs_on_the_embedded_default_with_no_arguments(tmp_path):
@@ -327,8 +333,10 @@ def test_tune_report_has_the_ranking_the_search_path_and_every_method(tuned):
 
 def test_tune_on_two_processes_gives_the_numbers_of_one(graph, unlabelled):
     def run(executor):
-        return tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=128), max_drop=0.0, max_float_layers=2,
-                    sensitivity="float", ranking_samples=64, auto_samples=8, progress=False, executor=executor)
+        return tune(graph, DataSpec(), DataSpec(str(unlabelled), num_samples=128),
+                    budget=Budget(max_drop=0.0, max_float_layers=2),
+                    search=SearchOptions(sensitivity="float", ranking_samples=64, auto_samples=8), progress=False,
+                    executor=executor)
 
     here, there = run("local"), run("processes")
     assert there["executor"]["name"] == "processes" and there["executor"]["workers"] > 1

@@ -12,13 +12,14 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from quantlab import defaults
-from quantlab.calibrate import DataSpec, calibrate
+from quantlab.calibrate import calibrate
 from quantlab.data import IdxDataset
 from quantlab.errors import QuantlabError
 from quantlab.graph import load_model
+from quantlab.precision import fallback_region, float16_layers, trt_cache_without, trtexec_command
 from quantlab.preprocess import Preprocess
-from quantlab.qdq import export_qdq
-from quantlab.tune.precision import fallback_region, float16_layers, trt_cache_without, trtexec_command
+from quantlab.qdq import QdqOptions, export_qdq
+from quantlab.workload import DataSpec
 
 from conftest import REPO
 
@@ -46,7 +47,7 @@ def amax():
 
 @pytest.fixture(scope="module")
 def qdq(graph, amax):
-    return export_qdq(graph, amax, exclude_nodes=FALLBACK)[0]
+    return export_qdq(graph, amax, None, QdqOptions(exclude_nodes=FALLBACK))[0]
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,8 @@ def test_the_activation_between_fallback_layers_joins_the_float16_region(qdq, ha
 def test_a_tensor_read_inside_and_outside_the_region_is_passed_on_in_fp16_and_cast_back_once(graph, amax):
     # The projection Conv's output feeds the next block's expansion Conv and the residual Add.
     expand = "/features/features.4/block/block.0/Conv"
-    half = float16_layers(export_qdq(graph, amax, exclude_nodes=[PROJECT, expand])[0], [PROJECT, expand])
+    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[PROJECT, expand]))[0]
+    half = float16_layers(qdq, [PROJECT, expand])
     tensor = "/features/features.3/block/block.6/Conv_output_0"
     assert node(half, expand).input[0] == node(half, PROJECT).output[0] == f"{tensor}_fp16"
     assert [source for source, _ in casts(half).values()].count(f"{tensor}_fp16") == 1
@@ -162,7 +164,7 @@ def test_a_weight_shared_with_a_float32_layer_is_unchanged_for_it(amax):
     first, second = "/features/features.4/block/block.0/Conv", "/features/features.5/block/block.0/Conv"
     node(tied, second).input[1] = node(tied, first).input[1]
     graph = load_model(tied)
-    qdq = export_qdq(graph, amax, exclude_nodes=[first, second])[0]
+    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[first, second]))[0]
     half = float16_layers(qdq, [first])
     weight = node(tied, first).input[1]
     assert node(half, second).input[1] == weight
@@ -186,7 +188,7 @@ def test_matmul_layers_of_a_real_face_detector_compute_in_float16_in_onnxruntime
     graph = load_model(model.path)
     ranges = calibrate(graph, spec, method="max", progress=False).table.activations
     layers = ["dense", "dense_2"]  # the MatMul after Flatten, and a head whose Add is a graph output
-    qdq = export_qdq(graph, ranges, exclude_nodes=layers)[0]
+    qdq = export_qdq(graph, ranges, None, QdqOptions(exclude_nodes=layers))[0]
     half = float16_layers(qdq, layers)
     assert all(initializer(half, node(half, name).input[1]).data_type == TensorProto.FLOAT16 for name in layers)
     x = (corpus.sample_images(model, "heldout", 16).astype(np.float32) / 255 - model.mean[0]) / model.std[0]
@@ -250,7 +252,7 @@ def test_cache_keeps_the_residual_skip_a_residual_qdq_model_quantizes(graph, ama
     # The expansion Conv's input is also the skip of the next residual Add.
     expand = "/features/features.4/block/block.0/Conv"
     skip = "/features/features.3/block/block.6/Conv_output_0"
-    residual = export_qdq(graph, amax, exclude_nodes=[expand], placement="residual")[0]
+    residual = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[expand], placement="residual"))[0]
     assert skip not in trt_cache_without(amax, graph.model, [expand])
     assert skip in trt_cache_without(amax, residual, [expand])
 

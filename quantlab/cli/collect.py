@@ -17,7 +17,6 @@ from .args import (
     executor_line,
 )
 
-
 EPILOG = """\
 examples:
   quantlab collect model.onnx --data shard0/ -o shard0.npz          # one shard of the data...

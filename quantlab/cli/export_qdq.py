@@ -10,7 +10,6 @@ from ..qdq import QdqOptions, export_qdq
 from ..workload import resolve_model
 from .args import emit
 
-
 EPILOG = """\
 examples:
   quantlab export-qdq model.onnx --cache model.cache -o model.qdq.onnx          # any cache: TensorRT 4 to 10

@@ -8,7 +8,6 @@ from ..atomic import check_output
 from ..statistics import merge_files
 from .args import emit
 
-
 EPILOG = """\
 examples:
   quantlab merge-stats shard0.npz shard1.npz -o all.npz

@@ -12,7 +12,7 @@ import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
-from . import Executor, _reporting_to
+from .base import Executor, reporting_to
 from .shipping import clear_worker_cache
 
 
@@ -24,7 +24,7 @@ class LocalExecutor(Executor):
     def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
              progress: Optional[Callable[[int], Any]] = None) -> Iterator[Any]:
         for task in tasks:
-            with _reporting_to(progress):
+            with reporting_to(progress):
                 value = fn(task)  # a QuantlabError propagates as it is
             self._tasks_run += 1
             self._places.add((socket.gethostname(), os.getpid()))

@@ -23,7 +23,7 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Optional
 
 from ..errors import QuantlabError
-from . import MAX_RETRIES, Executor, Failure, check_picklable, in_order, run_task
+from .base import MAX_RETRIES, Executor, Failure, check_picklable, in_order, run_task
 
 
 def _ignore_interrupts() -> None:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
 from ..errors import QuantlabError
-from . import MAX_RETRIES, Executor, Failure, in_order, run_task
+from .base import MAX_RETRIES, Executor, Failure, in_order, run_task
 
 INSTALL_HINT = "pip install 'quantlab[ray]'"
 
