@@ -21,6 +21,8 @@ import types
 
 # Names are imported on first use (PEP 562), so that ``import quantlab`` - and the CLI's start,
 # which must answer Ctrl-C and --help at once - does not pay for ONNX Runtime and numpy first.
+from .lazy import lazy_exports
+
 _EXPORTS = {
     "CalibrationResult": "calibrate", "calibrate": "calibrate", "calibrate_statistics": "calibrate",
     "collect_statistics": "calibrate", "CalibrationOutput": "calibrate", "CollectOptions": "calibrate",
@@ -33,14 +35,7 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantlab' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 def __dir__() -> list:

@@ -12,9 +12,9 @@ from quantlab import defaults
 from quantlab.calibrate import Method, calibrate
 from quantlab.data import read_idx
 from quantlab.evaluation.compare import compare
-from quantlab.evaluation.options import CompareOptions
 from quantlab.evaluation.engine import OrtRunner, evaluate, tensor_errors
 from quantlab.evaluation.heldout import HeldOut
+from quantlab.evaluation.options import CompareOptions
 from quantlab.evaluation.sweep import sweep
 from quantlab.graph import load_model
 from quantlab.qdq import export_qdq
@@ -66,8 +66,8 @@ def test_per_tensor_errors_do_not_depend_on_how_many_tensors_a_pass_measures(qua
 def test_headline_numbers_do_not_change_when_per_tensor_errors_are_measured(tmp_path):
     calibrate(data=DataSpec(num_samples=64), output=tmp_path / "m.cache", method="max", progress=False)
     with_tensors = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64), progress=False).data
-    without = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64), options=CompareOptions(tensor_samples=0),
-                      progress=False).data
+    without = compare(cache=tmp_path / "m.cache", data=DataSpec(num_samples=64),
+                      options=CompareOptions(tensor_samples=0), progress=False).data
     assert with_tensors["outputs"] == without["outputs"] and with_tensors["tensors"] and not without["tensors"]
 
 

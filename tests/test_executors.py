@@ -109,7 +109,8 @@ def _write_dataset(folder: Path, name: str, body: str) -> str:
 def reference(tmp_path_factory) -> dict:
     """What one process writes: the statistics file and the cache of the embedded model."""
     folder = tmp_path_factory.mktemp("local")
-    calibrate(data=DataSpec(**CALIB), method="entropy", output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
+    calibrate(data=DataSpec(**CALIB), method="entropy",
+              output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
               progress=False)
     return {"stats": (folder / "m.npz").read_bytes(), "cache": (folder / "m.cache").read_bytes()}
 
@@ -147,7 +148,8 @@ def ray_cluster():
 
 
 def _written(executor, folder: Path) -> dict:
-    calibrate(data=DataSpec(**CALIB), method="entropy", output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
+    calibrate(data=DataSpec(**CALIB), method="entropy",
+              output=CalibrationOutput(folder / "m.cache", stats=folder / "m.npz"),
               progress=False, executor=executor)
     return {"stats": (folder / "m.npz").read_bytes(), "cache": (folder / "m.cache").read_bytes()}
 

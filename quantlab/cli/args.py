@@ -124,6 +124,34 @@ def executor_line(executor) -> Optional[str]:
     return f"  executor    : {executor.describe()}; {executor.ran()}"
 
 
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """What to do with degenerate tensors (calibrate, sweep, tune): read back by :func:`range_policy`."""
+    group = parser.add_argument_group("degenerate tensors (refused by default, never written silently)")
+    group.add_argument("--allow-nonfinite", action="store_true",
+                       help="calibrate tensors that had NaN/Inf from their finite values")
+    group.add_argument("--zero-amax", type=number_type, metavar="VALUE",
+                       help="amax for tensors that were all zero (default: refuse them)")
+
+
+def add_eval_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The held-out data of sweep and tune (read as --data is): read back by :func:`eval_spec`."""
+    group = parser.add_argument_group("evaluation data (held out: not used for calibration)")
+    group.add_argument("--eval-data", metavar="PATH", help="held-out data (default for the embedded model: its "
+                       "held-out set)")
+    group.add_argument("--eval-num-samples", type=count_type(1), metavar="N",
+                       help="use N held-out samples (default: all)")
+
+
+def add_evaluation_arguments(parser: argparse.ArgumentParser, *metric_flags: str) -> None:
+    """How INT8 is judged (compare, sweep, tune): the arithmetic and the metric, read back by
+    :func:`eval_options`."""
+    parser.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
+                        help="tensorrt (default): the Q/DQ graph as written, TensorRT's int8 x int8 -> int32 "
+                        "arithmetic to float rounding; onnxruntime: ONNX Runtime's own CPU integer kernels, for "
+                        "deployment on ONNX Runtime")
+    add_metric_arguments(parser, *metric_flags)
+
+
 def add_metric_arguments(parser: argparse.ArgumentParser, *flags: str) -> None:
     parser.add_argument("--metric", *[f for f in flags if f != "--metric"], dest="metric", default="auto",
                         metavar="NAME", help="metric plugin: classification, detection, dense, fidelity, "
@@ -149,7 +177,11 @@ def data_spec(args: argparse.Namespace) -> DataSpec:
 
 
 def eval_spec(args: argparse.Namespace, calib: DataSpec) -> DataSpec:
-    """The evaluation data of sweep and tune: --eval-data, read as the calibration data is."""
+    """The evaluation data of sweep and tune: --eval-data, read as the calibration data is; a model
+    of one's own has no default held-out set."""
+    if args.eval_data is None and args.model is not None:
+        raise QuantlabError(f"{args.command} needs --eval-data (held-out samples not used for calibration) "
+                            "for a model of your own")
     return DataSpec(args.eval_data, args.data_format, calib.preprocess, args.eval_num_samples, args.batch_size,
                     args.seed)
 

@@ -14,12 +14,12 @@ from .args import (
     add_collection_arguments,
     add_data_arguments,
     add_executor_arguments,
+    add_policy_arguments,
     collect_options,
     data_spec,
     emit,
     executor_for,
     executor_line,
-    number_type,
     parse_params,
     range_policy,
     spelled,
@@ -70,15 +70,12 @@ def add_parser(sub) -> None:
                      help="TensorRT version written in the cache header (default %(default)s)")
     cal.add_argument("--trt-algorithm", help="algorithm in the cache header (default: "
                      "EntropyCalibration2, MinMaxCalibration for max)")
-    cal.add_argument("--allow-nonfinite", action="store_true",
-                     help="calibrate tensors that had NaN/Inf from their finite values")
-    cal.add_argument("--zero-amax", type=number_type, metavar="VALUE",
-                     help="amax for tensors that were all zero (default: refuse them)")
     cal.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
     add_data_arguments(cal)
     add_collection_arguments(cal)
+    add_policy_arguments(cal)
     add_executor_arguments(cal)
     cal.set_defaults(func=run, command_parser=cal)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import QuantlabError
 from ..evaluation.options import CompareOptions
 from ..qdq import QdqOptions
-from .args import add_data_arguments, add_metric_arguments, count_type, data_spec, emit, eval_options, spelled
+from .args import add_data_arguments, add_evaluation_arguments, count_type, data_spec, emit, eval_options, spelled
 
 
 def add_parser(sub) -> None:
@@ -18,7 +18,11 @@ def add_parser(sub) -> None:
                                       "worst layers, size, latency and whether integer kernels ran.",
                           epilog="examples:\n  quantlab compare model.onnx --cache model.cache --data heldout/ "
                                  "--report reports/model\n  quantlab compare      # embedded model, after "
-                                 "'quantlab calibrate'", formatter_class=argparse.RawDescriptionHelpFormatter)
+                                 "'quantlab calibrate'\n  quantlab compare model.onnx --cache model.quantlab.json "
+                                 "--data val.npz --metric detection --metric-param score_threshold=0.3\n"
+                                 "  quantlab compare model.onnx --cache model.cache --data heldout/ "
+                                 "--int8-arithmetic onnxruntime --tensor-samples 0",
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
     cmp_.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     cmp_.add_argument("--cache", metavar="FILE", help="ranges (any format; default for the embedded "
                       "model: ./fashion_mnist_cnn.cache from 'quantlab calibrate')")
@@ -34,11 +38,7 @@ def add_parser(sub) -> None:
                       help="Q/DQ placement (see export-qdq --help)")
     cmp_.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                       help="run the INT8 model in ONNX Runtime (CPU, default) or as a TensorRT engine (GPU)")
-    cmp_.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
-                      help="tensorrt (default): the Q/DQ graph as written, TensorRT's int8 x int8 -> int32 "
-                      "arithmetic to float rounding; onnxruntime: ONNX Runtime's own CPU integer kernels, for "
-                      "deployment on ONNX Runtime")
-    add_metric_arguments(cmp_, "--metric")
+    add_evaluation_arguments(cmp_, "--metric")
     cmp_.add_argument("--tensor-samples", type=count_type(0), default=32, metavar="N",
                       help="held-out samples the per-tensor errors are measured on (default 32; 0: skip)")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")

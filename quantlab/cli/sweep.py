@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import QuantlabError
 from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
 from .args import (
     add_collection_arguments,
     add_data_arguments,
+    add_eval_data_arguments,
+    add_evaluation_arguments,
     add_executor_arguments,
-    add_metric_arguments,
+    add_policy_arguments,
     collect_options,
-    count_type,
     data_spec,
     emit,
     eval_options,
     eval_spec,
     executor_for,
-    number_type,
     range_policy,
     spelled,
 )
@@ -29,28 +28,25 @@ def add_parser(sub) -> None:
                          description="Collect statistics once, calibrate max, entropy, percentile 99.9/99.99/"
                                      "99.999, mse and auto on them, evaluate each Q/DQ model on held-out data and "
                                      "rank them.",
-                         epilog="example:\n  quantlab sweep model.onnx --data calib/ --eval-data heldout/ "
-                                "--report reports/model-sweep --pick best",
+                         epilog="examples:\n  quantlab sweep                     # the embedded model and its data\n"
+                                "  quantlab sweep model.onnx --data calib/ --eval-data heldout/ "
+                                "--report reports/model-sweep --pick best\n"
+                                "  quantlab sweep model.onnx --data calib/ --eval-data heldout/ --executor processes "
+                                "--rank-by fidelity",
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     swp.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
-    swp.add_argument("--eval-data", metavar="PATH", help="held-out data (default for the embedded model: its "
-                     "held-out set)")
-    swp.add_argument("--eval-num-samples", type=count_type(1), metavar="N",
-                     help="use N held-out samples (default: all)")
     swp.add_argument("--report", metavar="DIR", help="write the ranking report here")
     swp.add_argument("--pick", choices=["best"], help="write the winner's cache, table and Q/DQ model "
                      "into the report folder")
     swp.add_argument("--output", action="append", default=[], metavar="NAME", help="model output to rank on")
     swp.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
                      help="TensorRT version in the picked cache's header")
-    swp.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
-    swp.add_argument("--zero-amax", type=number_type, metavar="VALUE", help="as for calibrate")
-    swp.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
-                     help="as for compare (default tensorrt)")
-    add_metric_arguments(swp, "--rank-by")
+    add_evaluation_arguments(swp, "--rank-by")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
     add_data_arguments(swp)
+    add_eval_data_arguments(swp)
     add_collection_arguments(swp)
+    add_policy_arguments(swp)
     add_executor_arguments(swp)
     swp.set_defaults(func=run, command_parser=swp)
 
@@ -58,8 +54,6 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.sweep import SweepOutput, sweep
 
-    if args.eval_data is None and args.model is not None:
-        raise QuantlabError("sweep needs --eval-data (held-out samples not used for calibration)")
     calib = data_spec(args)
     heldout = eval_spec(args, calib)
     with executor_for(args) as executor:

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 
 from .. import defaults
-from ..errors import QuantlabError
 from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
 from .args import (
     add_collection_arguments,
     add_data_arguments,
+    add_eval_data_arguments,
+    add_evaluation_arguments,
     add_executor_arguments,
-    add_metric_arguments,
+    add_policy_arguments,
     collect_options,
     count_type,
     data_spec,
@@ -57,10 +58,6 @@ def add_parser(sub) -> None:
                                       "higher precision that keep the metric within --max-drop points of FP32.",
                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     tune.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
-    tune.add_argument("--eval-data", metavar="PATH", help="evaluation data, not used for calibration (default for "
-                      "the embedded model: its held-out set)")
-    tune.add_argument("--eval-num-samples", type=count_type(1), metavar="N", help="use N evaluation samples "
-                      "(default: all)")
     tune.add_argument("--max-drop", type=number_type, default=0.5, metavar="POINTS",
                       help="allowed drop of the metric against FP32, in percentage points (default 0.5)")
     tune.add_argument("--max-float-layers", type=count_type(0), metavar="N",
@@ -83,14 +80,12 @@ def add_parser(sub) -> None:
                       help="model output the metric reads (default: all)")
     tune.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
                       help="TensorRT version in the cache header")
-    tune.add_argument("--int8-arithmetic", choices=["tensorrt", "onnxruntime"], default="tensorrt",
-                      help="as for compare (default tensorrt)")
-    tune.add_argument("--allow-nonfinite", action="store_true", help="as for calibrate")
-    tune.add_argument("--zero-amax", type=number_type, metavar="VALUE", help="as for calibrate")
-    add_metric_arguments(tune)
+    add_evaluation_arguments(tune)
     tune.add_argument("--json", action="store_true", help="print the JSON result")
     add_data_arguments(tune)
+    add_eval_data_arguments(tune)
     add_collection_arguments(tune)
+    add_policy_arguments(tune)
     add_executor_arguments(tune)
     tune.set_defaults(func=run, command_parser=tune)
 
@@ -99,8 +94,6 @@ def run(args: argparse.Namespace) -> int:
     from ..tune.options import Budget, SearchOptions, TuneOutput
     from ..tune.pipeline import summary_lines, tune
 
-    if args.eval_data is None and args.model is not None:
-        raise QuantlabError("tune needs --eval-data (samples not used for calibration) for a model of your own")
     calib = data_spec(args)
     heldout = eval_spec(args, calib)
     model_path = Path(args.model) if args.model else defaults.MODEL

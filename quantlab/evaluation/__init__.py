@@ -11,18 +11,12 @@
     from quantlab.evaluation import CompareOptions, EvalOptions, compare, sweep
 """
 
+from .lazy import lazy_exports
+
 _EXPORTS = {"CompareResult": "compare", "compare": "compare", "CompareOptions": "options", "EvalOptions": "options",
             "SWEEP_METHODS": "sweep", "SweepOutput": "sweep", "sweep": "sweep"}
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Names imported on first use: ``quantlab.evaluation.options`` alone must not load the engine."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantlab.evaluation' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -11,18 +11,12 @@
     from quantlab.tune import Budget, TuneOutput, tune
 """
 
+from .lazy import lazy_exports
+
 _EXPORTS = {"tune": "pipeline", "tuned_paths": "pipeline", "Budget": "options", "SearchOptions": "options",
             "TuneOutput": "options"}
 
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    """Names imported on first use: the pipeline loads ONNX Runtime."""
-    if name in _EXPORTS:
-        import importlib
-
-        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'quantlab.tune' has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)
