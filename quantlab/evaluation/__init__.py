@@ -11,7 +11,7 @@
     from quantlab.evaluation import CompareOptions, EvalOptions, compare, sweep
 """
 
-from .lazy import lazy_exports
+from ..lazy import lazy_exports
 
 _EXPORTS = {"CompareResult": "compare", "compare": "compare", "CompareOptions": "options", "EvalOptions": "options",
             "SWEEP_METHODS": "sweep", "SweepOutput": "sweep", "sweep": "sweep"}

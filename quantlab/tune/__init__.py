@@ -11,7 +11,7 @@
     from quantlab.tune import Budget, TuneOutput, tune
 """
 
-from .lazy import lazy_exports
+from ..lazy import lazy_exports
 
 _EXPORTS = {"tune": "pipeline", "tuned_paths": "pipeline", "Budget": "options", "SearchOptions": "options",
             "TuneOutput": "options"}
