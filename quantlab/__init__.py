@@ -16,12 +16,9 @@ ranges), :mod:`quantlab.table` and :mod:`quantlab.formats` (files written).
 
 __version__ = "0.1.0"
 
-import sys
-import types
-
 # Names are imported on first use (PEP 562), so that ``import quantlab`` - and the CLI's start,
 # which must answer Ctrl-C and --help at once - does not pay for ONNX Runtime and numpy first.
-from .lazy import lazy_exports
+from .lazy import export_lazily
 
 _EXPORTS = {
     "CalibrationResult": "calibrate", "calibrate": "calibrate", "calibrate_statistics": "calibrate",
@@ -35,26 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
-
-
-def __dir__() -> list:
-    return sorted(list(globals()) + __all__)
-
-
-class _Package(types.ModuleType):
-    """The function ``quantlab.calibrate`` shares its name with the module ``quantlab.calibrate``.
-
-    Importing a submodule binds it as an attribute of its package, which would hide the lazily
-    imported function; here an exported name keeps meaning the exported object (as it did when
-    this file imported everything eagerly). The module stays reachable through ``sys.modules``
-    and ``from quantlab.calibrate import ...``.
-    """
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _EXPORTS and isinstance(value, types.ModuleType):
-            return
-        super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
+export_lazily(__name__, _EXPORTS)

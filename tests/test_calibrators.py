@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -19,6 +21,21 @@ EDGES = np.linspace(0, 2.048, 2049)
 
 def test_all_four_builtins_are_registered_as_entry_points():
     assert {"max", "percentile", "mse", "entropy"} <= {info.name for info in list_calibrators()}
+
+
+def test_auto_is_registered_as_a_method_like_any_other():
+    from quantlab.calibrate import RangeChooser
+
+    listed = {info.name: info.target for info in list_calibrators()}
+    assert listed["auto"] == "quantlab.tune.auto:AutoChooser"
+    assert isinstance(get_calibrator("auto", samples=8), RangeChooser)
+
+
+def test_calibrating_does_not_import_the_tuner_until_auto_is_asked_for():
+    code = ("import sys, numpy as np; from quantlab import get_calibrator; import quantlab.calibrate; "
+            "get_calibrator('entropy'); assert not any(m.startswith('quantlab.tune') for m in sys.modules); "
+            "get_calibrator('auto'); assert 'quantlab.tune.auto' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_unknown_method_names_the_installed_ones():

@@ -6,12 +6,15 @@ import subprocess
 import sys
 from importlib.metadata import distribution
 
+import pytest
+
 from conftest import REPO
 
 
 def test_every_builtin_plugin_lives_under_the_quantlab_package():
     eps = [ep for ep in distribution("quantlab").entry_points if ep.group.startswith("quantlab.")]
-    assert {ep.name for ep in eps if ep.group == "quantlab.calibrators"} == {"entropy", "max", "mse", "percentile"}
+    assert {ep.name for ep in eps if ep.group == "quantlab.calibrators"} == {"auto", "entropy", "max", "mse",
+                                                                            "percentile"}
     assert all(ep.value.startswith("quantlab.") for ep in eps), [ep.value for ep in eps]
 
 
@@ -40,5 +43,21 @@ def test_importing_quantlab_does_not_import_onnxruntime(tmp_path):
 def test_the_calibrate_function_is_not_hidden_by_the_calibrate_module(tmp_path):
     code = ("import quantlab.calibrate, quantlab.cli, quantlab;"
             "from quantlab import calibrate; print(callable(calibrate), callable(quantlab.calibrate))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]
+
+
+def test_every_package_of_the_source_tree_is_listed_for_installation():
+    """A package missing from pyproject's list works in an editable install and is absent from a wheel."""
+    tomllib = pytest.importorskip("tomllib")
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["setuptools"]["packages"])
+    found = {".".join(path.parent.relative_to(REPO).parts) for path in (REPO / "quantlab").rglob("__init__.py")}
+    found |= {"quantlab.calibrators"}
+    assert found - listed == set()
+
+
+def test_the_compare_and_sweep_functions_are_not_hidden_by_their_modules(tmp_path):
+    code = ("import quantlab.evaluation.compare, quantlab.evaluation.sweep;"
+            "from quantlab.evaluation import compare, sweep; print(callable(compare), callable(sweep))")
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True"]

@@ -11,6 +11,7 @@ from .args import emit
 EPILOG = """\
 examples:
   quantlab merge-stats shard0.npz shard1.npz -o all.npz
+  quantlab merge-stats node*/stats.npz -o all.npz --json        # files of many machines
   quantlab calibrate model.onnx --stats all.npz --method entropy -o model.cache
 """
 

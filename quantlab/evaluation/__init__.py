@@ -11,7 +11,7 @@
     from quantlab.evaluation import CompareOptions, EvalOptions, compare, sweep
 """
 
-from ..lazy import lazy_exports
+from ..lazy import export_lazily
 
 _EXPORTS = {"CompareResult": "compare", "compare": "compare", "CompareOptions": "options", "EvalOptions": "options",
             "SWEEP_METHODS": "sweep", "SweepOutput": "sweep", "sweep": "sweep"}
@@ -19,4 +19,4 @@ _EXPORTS = {"CompareResult": "compare", "compare": "compare", "CompareOptions": 
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+export_lazily(__name__, _EXPORTS)

@@ -11,7 +11,7 @@
     from quantlab.tune import Budget, TuneOutput, tune
 """
 
-from ..lazy import lazy_exports
+from ..lazy import export_lazily
 
 _EXPORTS = {"tune": "pipeline", "tuned_paths": "pipeline", "Budget": "options", "SearchOptions": "options",
             "TuneOutput": "options"}
@@ -19,4 +19,4 @@ _EXPORTS = {"tune": "pipeline", "tuned_paths": "pipeline", "Budget": "options", 
 __all__ = sorted(_EXPORTS)
 
 
-__getattr__ = lazy_exports(__name__, _EXPORTS)
+export_lazily(__name__, _EXPORTS)

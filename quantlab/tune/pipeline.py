@@ -95,7 +95,6 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     heldout = heldout or DataSpec()
     data_source(graph, calib)  # no calibration data for a model of one's own: refused before any work
     paths = tuned_paths(output.qdq_model) if output.qdq_model is not None else {}
-    paths = tuned_paths(output) if output is not None else {}
     inputs = [graph.path, calib.source, heldout.source]
     check_outputs(dict(paths), inputs)
     if report is not None:
