@@ -39,7 +39,7 @@ from .executors.shipping import ModelRef, portable_source
 from .formats.trtcache import DEFAULT_TRT_VERSION, format_trt_cache, make_header
 from .graph import ModelGraph
 from .histogram import DEFAULT_BINS, check_bins
-from .plugins import calibrator_class, get_calibrator
+from .plugins import get_calibrator
 from .preprocess import check_batch_size, describe_scaling, first_sample_dtype, iterate_batches
 from .statistics import Statistics, merge_files
 from .table import CalibrationTable, timestamp, versions
@@ -60,7 +60,10 @@ class Method:
     """A range chooser by name, with its parameters: ``Method("percentile", {"p": 99.9})``."""
 
     name: str = "entropy"
-    params: Mapping[str, Any] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:  # a copy: the caller's dict may change later; None means none
+        object.__setattr__(self, "params", dict(self.params or {}))
 
     @classmethod
     def of(cls, method: Union[str, tuple, Method]) -> Method:
@@ -88,6 +91,10 @@ class CollectOptions:
     tensors: str = "all"
     providers: Optional[tuple[str, ...]] = None
     threads: Optional[int] = None
+
+    def __post_init__(self) -> None:  # a list from a caller becomes a tuple: the options stay immutable
+        if self.providers is not None:
+            object.__setattr__(self, "providers", tuple(self.providers))
 
 
 @dataclass(frozen=True)
@@ -392,8 +399,10 @@ def table_provenance(graph: ModelGraph, stats: Statistics) -> dict:
 
 def default_trt_algorithm(method: Union[str, Method]) -> str:
     """The cache header's algorithm for ``method``: the calibrator's own (``MinMaxCalibration`` for
-    max), else ``EntropyCalibration2`` (TensorRT reads any ranges alike under it)."""
-    return getattr(calibrator_class(Method.of(method).name), "trt_algorithm", "EntropyCalibration2")
+    max), else ``EntropyCalibration2`` (TensorRT reads any ranges alike under it). Making the
+    calibrator checks its parameters, so a bad one is refused before any model runs."""
+    method = Method.of(method)
+    return getattr(get_calibrator(method.name, **method.params), "trt_algorithm", "EntropyCalibration2")
 
 
 @dataclass
@@ -422,8 +431,9 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     data = data or DataSpec()
     method = Method.of(method)
     files = CalibrationOutput.of(output)
+    algorithm = default_trt_algorithm(method)  # also refuses a bad method or parameter before any work
     header = make_header(files.trt_version if files else DEFAULT_TRT_VERSION,
-                         (files.trt_algorithm if files else None) or default_trt_algorithm(method))
+                         (files.trt_algorithm if files else None) or algorithm)
     inputs = [graph.path, data.source, *(stats or ())]
     if files is not None:
         check_outputs({"output": files.cache, "table": files.table_path, "save_stats": files.stats}, inputs)

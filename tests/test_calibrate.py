@@ -194,3 +194,10 @@ def test_embedded_model_is_the_one_the_reports_were_made_with():
     import hashlib
 
     assert hashlib.sha256(defaults.MODEL.read_bytes()).hexdigest() == defaults.MODEL_SHA256
+
+
+def test_a_bad_method_parameter_is_refused_before_any_data_is_read(tmp_path):
+    from quantlab.errors import CalibratorError
+
+    with pytest.raises(CalibratorError, match="percentile"):
+        calibrate(data=DataSpec(tmp_path / "not-there.npy"), method=Method("percentile", {"q": 1}), progress=False)

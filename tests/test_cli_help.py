@@ -36,3 +36,11 @@ def test_every_help_example_parses(line):
         build_parser().parse_args(shlex.split(line)[1:])
     except SystemExit as exc:
         pytest.fail(f"help example does not parse (exit {exc.code}): {line}")
+
+
+def test_list_methods_shows_the_calibrators_then_auto_with_its_parameter(capsys):
+    from quantlab.cli import run
+
+    assert run(["calibrate", "--list-methods"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names[-1] == "auto" and {"entropy", "max", "mse", "percentile"} <= set(names[:-1])

@@ -46,3 +46,14 @@ def test_lists_given_to_options_become_tuples():
     assert QdqOptions(exclude_nodes=["a", "b"]).exclude_nodes == ("a", "b")
     assert EvalOptions(outputs=["logits"], providers=["CPUExecutionProvider"]) == \
         EvalOptions(outputs=("logits",), providers=("CPUExecutionProvider",))
+
+
+def test_none_parameters_mean_none():
+    assert Method("entropy", None).params == {} and EvalOptions(metric_params=None).metric_params == {}
+
+
+def test_a_method_does_not_follow_later_changes_to_the_callers_dict():
+    params = {"p": 99.9}
+    method = Method("percentile", params)
+    params["p"] = 50
+    assert method.params == {"p": 99.9}

@@ -8,7 +8,7 @@ from pathlib import Path
 from .. import defaults
 from ..calibrate import CalibrationOutput, Method, calibrate
 from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
-from ..plugins import list_calibrators, list_dataset_adapters
+from ..plugins import calibrator_class, list_calibrators, list_dataset_adapters
 from ..workload import resolve_model
 from .args import (
     add_collection_arguments,
@@ -82,8 +82,11 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_methods:
-        for info in list_calibrators():
-            print(f"{info.name:12s} {info.target}  ({info.distribution})")
+        infos = list_calibrators()  # per-tensor calibrators first, then whole-table choosers (auto)
+        choosers = {info.name for info in infos if hasattr(calibrator_class(info.name), "choose")}
+        for info in sorted(infos, key=lambda info: (info.name in choosers, info.name)):
+            about = getattr(calibrator_class(info.name), "description", "")
+            print(f"{info.name:12s} {info.target}  ({info.distribution})" + (f"  {about}" if about else ""))
         return 0
     if args.list_formats:
         for info in list_dataset_adapters():

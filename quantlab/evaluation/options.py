@@ -23,12 +23,13 @@ class EvalOptions:
 
     outputs: tuple[str, ...] = ()
     metric: str = "auto"
-    metric_params: Mapping[str, Any] = field(default_factory=dict)
+    metric_params: Mapping[str, Any] = field(default_factory=dict, hash=False)
     int8_arithmetic: str = "tensorrt"
     providers: Optional[tuple[str, ...]] = None
 
     def __post_init__(self) -> None:  # lists from a caller become tuples: the options stay immutable
         object.__setattr__(self, "outputs", tuple(self.outputs))
+        object.__setattr__(self, "metric_params", dict(self.metric_params or {}))
         if self.providers is not None:
             object.__setattr__(self, "providers", tuple(self.providers))
 

@@ -45,8 +45,6 @@ SWEEP_METHODS = (
 )
 
 
-
-
 @dataclass(frozen=True)
 class SweepOutput:
     """What a sweep writes: the ranking ``report`` folder, and with ``pick="best"`` the winner's cache
@@ -82,12 +80,13 @@ def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None,
         raise QuantlabError(f"pick must be 'best' or None, got {pick!r}", params=("pick",))
     if report is not None:
         check_output_folder(report)
+    methods = {method.label: method for method in map(Method.of, methods)}
+    algorithms = {label: default_trt_algorithm(method) for label, method in methods.items()}  # bad ones refused now
     started = time.perf_counter()
     stats = collect_statistics(graph, calib, collect, progress=progress, executor=executor)
     select_outputs(graph, evaluation.outputs)
     rows, tables, models = [], {}, {}
-    for method in map(Method.of, methods):
-        label = method.label
+    for label, method in methods.items():
         tables[label] = calibrate_statistics(graph, stats, method, policy=policy, data=calib, progress=progress)
         models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
     candidates = {label: QdqCandidate(table.activations, table.weights, model=models[label])
@@ -130,7 +129,7 @@ def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None,
         if pick == "best":
             folder = files.make_folder(report)
             winner = tables[best["method"]]
-            header = make_header(trt_version, default_trt_algorithm(winner.method))
+            header = make_header(trt_version, algorithms[best["method"]])
             stage_cache_and_table(files, winner, header, folder / "best.cache", folder / "best.quantlab.json")
             files.add(folder / "best.qdq.onnx", models[best["method"]].SerializeToString())
             data["picked"] = {"method": best["method"], "cache": str(folder / "best.cache"),

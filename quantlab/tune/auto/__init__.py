@@ -207,13 +207,14 @@ class AutoChooser:
 
     name = AUTO
     trt_algorithm = "EntropyCalibration2"  # its ranges come from several methods; TensorRT reads any alike
+    description = "per tensor, among the methods above, by the error at the graph outputs; --param samples=N"
 
     def __init__(self, samples: int = DEFAULT_SAMPLES):
         try:
             value = int(samples)
         except (TypeError, ValueError):
             raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}") from None
-        if value < 1 or value != samples:
+        if value < 1:
             raise CalibratorError(f"method 'auto': samples must be a positive integer, got {samples!r}")
         self.samples = value
 
