@@ -11,7 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
+from ..errors import QuantlabError
 from ..formats.trtcache import DEFAULT_TRT_VERSION
+from ..precision import HIGH_PRECISIONS
 from .auto import DEFAULT_SAMPLES
 
 
@@ -25,6 +27,17 @@ class Budget:
     max_float_layers: Optional[int] = None
     high_precision: str = "fp16"
 
+    def __post_init__(self) -> None:  # refused where it is made: before any work
+        if self.high_precision not in HIGH_PRECISIONS:
+            raise QuantlabError(f"`high_precision` must be one of {', '.join(HIGH_PRECISIONS)}, got "
+                                f"{self.high_precision!r}", params=("high_precision",))
+        if not (isinstance(self.max_drop, (int, float)) and self.max_drop >= 0):
+            raise QuantlabError(f"`max_drop` must be a number of percentage points >= 0, got {self.max_drop!r}",
+                                params=("max_drop",))
+        if self.max_float_layers is not None and self.max_float_layers < 0:
+            raise QuantlabError(f"`max_float_layers` must be >= 0, got {self.max_float_layers}",
+                                params=("max_float_layers",))
+
 
 @dataclass(frozen=True)
 class SearchOptions:
@@ -37,6 +50,15 @@ class SearchOptions:
     ranking_samples: Optional[int] = 300
     auto_samples: int = DEFAULT_SAMPLES
     compare_methods: Optional[bool] = None
+
+    def __post_init__(self) -> None:  # refused where it is made: before any work
+        samples = self.ranking_samples
+        if samples is not None and not (isinstance(samples, int) and samples > 0):
+            raise QuantlabError(f"`ranking_samples` must be a positive integer or None (all), got "
+                                f"{self.ranking_samples!r}", params=("ranking_samples",))
+        if self.sensitivity not in ("both", "float"):
+            raise QuantlabError(f"`sensitivity` must be 'both' or 'float', got {self.sensitivity!r}",
+                                params=("sensitivity",))
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,7 @@ from ..evaluation.heldout import HeldOut
 from ..evaluation.options import EvalOptions
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import make_header
-from ..precision import FP16_MAX, HIGH_PRECISIONS, trt_cache_without, trtexec_command
+from ..precision import FP16_MAX, trt_cache_without, trtexec_command
 from ..qdq import QUANTIZED_OPS
 from ..report import Report, bar_figure
 from ..workload import DataSpec, ModelSource, data_source, resolve_model
@@ -73,23 +73,7 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     sensitivity candidates, the search steps) in shards of samples on its workers; the result is
     the same, bit for bit."""
     started = time.perf_counter()
-    max_drop, max_float_layers, high_precision = budget.max_drop, budget.max_float_layers, budget.high_precision
-    sensitivity, ranking_samples = search.sensitivity, search.ranking_samples
-    int8_arithmetic = check_arithmetic(evaluation.int8_arithmetic)
-    report = output.report
-    if high_precision not in HIGH_PRECISIONS:
-        raise QuantlabError(f"`high_precision` must be one of {', '.join(HIGH_PRECISIONS)}, got {high_precision!r}",
-                            params=("high_precision",))
-    if not (isinstance(max_drop, (int, float)) and max_drop >= 0):
-        raise QuantlabError(f"`max_drop` must be a number of percentage points >= 0, got {max_drop!r}",
-                            params=("max_drop",))
-    if max_float_layers is not None and max_float_layers < 0:
-        raise QuantlabError(f"`max_float_layers` must be >= 0, got {max_float_layers}", params=("max_float_layers",))
-    if ranking_samples is not None and not (isinstance(ranking_samples, int) and ranking_samples > 0):
-        raise QuantlabError(f"`ranking_samples` must be a positive integer or None (all), got {ranking_samples!r}",
-                            params=("ranking_samples",))
-    if sensitivity not in ("both", "float"):
-        raise QuantlabError(f"`sensitivity` must be 'both' or 'float', got {sensitivity!r}", params=("sensitivity",))
+    check_arithmetic(evaluation.int8_arithmetic)
     graph = resolve_model(model)
     calib = calib or DataSpec()
     heldout = heldout or DataSpec()
@@ -97,8 +81,8 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     paths = tuned_paths(output.qdq_model) if output.qdq_model is not None else {}
     inputs = [graph.path, calib.source, heldout.source]
     check_outputs(dict(paths), inputs)
-    if report is not None:
-        check_output_folder(report)
+    if output.report is not None:
+        check_output_folder(output.report)
 
     stats = collect_statistics(graph, calib, replace(collect, tensors="all"), progress=progress, executor=executor)
     table = calibrate_statistics(graph, stats, Method(AUTO, {"samples": search.auto_samples}), policy=policy,
@@ -108,101 +92,109 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     if not layers:
         raise QuantlabError("the model has no named Conv/ConvTranspose/Gemm/MatMul layer to quantize, so there is "
                             "nothing to tune")
-    limit = len(layers) if max_float_layers is None else min(max_float_layers, len(layers))
+    limit = len(layers) if budget.max_float_layers is None else min(budget.max_float_layers, len(layers))
 
     held = HeldOut(graph, heldout)
     _, per_run = held.activation_sizes(evaluation.providers)
     scorer = Scorer(graph, held, evaluation, per_run, progress, executor=executor)
-    compare_methods = search.compare_methods
-    singles = {}
-    for method in map(Method.of, AUTO_CANDIDATES if (report is not None if compare_methods is None
-                                                      else compare_methods) else ()):
-        singles[method.label] = variant(calibrate_statistics(graph, stats, method, policy=policy), [])
+    compare_methods = output.report is not None if search.compare_methods is None else search.compare_methods
+    singles = {method.label: variant(calibrate_statistics(graph, stats, method, policy=policy), [])
+               for method in map(Method.of, AUTO_CANDIDATES if compare_methods else ())}
     first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto" + (" and every method" if singles else ""))
     base = first[AUTO]
-    score, reference, score_name = headline(base)
-    overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
 
-    analysis = None
-    if within(base, max_drop) or limit == 0:
-        fallback, final_eval, met, path = [], base, within(base, max_drop), []
-    else:
-        ranker = scorer.subset(ranking_samples)
+    analysis, found = None, None
+    if not (within(base, budget.max_drop) or limit == 0):
+        ranker = scorer.subset(search.ranking_samples)
         analysis = analyse(graph, table, ranker, layers, base if ranker is scorer else None,
-                           only_quantized=sensitivity == "both", high_precision=high_precision)
+                           only_quantized=search.sensitivity == "both", high_precision=budget.high_precision)
         scorer.passes += ranker.passes if ranker is not scorer else 0
-        found = fallback_search(analysis.ranking, base, lambda chosen: variant(table, chosen, high_precision), scorer,
-                       max_drop, limit)
-        fallback, final_eval, met, path = found.fallback, found.evaluation, found.met, found.path
+        found = fallback_search(analysis.ranking, base,
+                                lambda chosen: variant(table, chosen, budget.high_precision), scorer,
+                                budget.max_drop, limit)
+    fallback = found.fallback if found else []
+    final = found.evaluation if found else base  # every step scored the model written (fp16 fallback included)
 
-    # Every step above scored the model written here (fp16 fallback included): no re-scoring.
-    cache_ranges = trt_cache_without(table.activations, variant(table, fallback).build(graph), fallback)
-    written, written_eval = variant(table, fallback, high_precision).build(graph), final_eval
-
+    overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
     data = {
         "kind": "tune",
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256},
         "calibration": {"samples": stats.num_samples, "fingerprint": stats.fingerprint.hexdigest},
         "heldout": {"samples": base.samples, "overlap_with_calibration": overlap},
-        "metric": {"name": base.metric.get("metric"), "score_name": score_name, "fp32": reference},
-        "max_drop": max_drop, "max_float_layers": limit, "high_precision": high_precision,
-        "int8_arithmetic": int8_arithmetic,
+        "metric": {"name": base.metric.get("metric"), "score_name": headline(base)[2], "fp32": headline(base)[1]},
+        "max_drop": budget.max_drop, "max_float_layers": limit, "high_precision": budget.high_precision,
+        "int8_arithmetic": evaluation.int8_arithmetic,
         "auto": {"chosen_counts": table.provenance["auto"]["chosen_counts"],
                  "winner": table.provenance["auto"]["winner"]},
         "quantized_layers": len(layers),
-        "all_int8": {"score": score, "drop": drop_points(base), "sqnr_db": first_sqnr(base)},
-        "single_methods": {label: {"score": headline(first[label])[0], "drop": drop_points(first[label]),
-                                   "sqnr_db": first_sqnr(first[label])} for label in singles},
+        "all_int8": _scores(base),
+        "single_methods": {label: _scores(first[label]) for label in singles},
         "fallback": fallback,
-        "final": {"score": headline(final_eval)[0], "drop": drop_points(final_eval), "sqnr_db": first_sqnr(final_eval)},
-        "written": {"score": headline(written_eval)[0], "drop": drop_points(written_eval),
-                    "sqnr_db": first_sqnr(written_eval), "high_precision": high_precision},
-        "met": met and within(written_eval, max_drop),
-        "search": path,
+        "final": _scores(final),
+        "written": {**_scores(final), "high_precision": budget.high_precision},
+        "met": (found.met if found else within(base, budget.max_drop)) and within(final, budget.max_drop),
+        "search": found.path if found else [],
         "sensitivity": analysis.rows if analysis else [],
         "ranking": analysis.ranking if analysis else [],
         "passes_over_eval_data": scorer.passes,
-        "ranking_samples": min(ranking_samples or base.samples, base.samples),
-        "notes": [],
+        "ranking_samples": min(search.ranking_samples or base.samples, base.samples),
+        "notes": _notes(graph, table, fallback, overlap, budget, limit),
     }
-    if overlap:
-        data["notes"].append(f"WARNING: {overlap} evaluation samples were also calibration samples; the accuracy "
-                             "numbers are optimistic")
-    unnamed = [node.op_type for node in graph.model.graph.node
-               if node.op_type in QUANTIZED_OPS and not node.name]
-    if unnamed:
-        data["notes"].append(f"{len(unnamed)} quantized layer(s) have no ONNX node name, so they cannot be named to "
-                             "TensorRT or kept in float: they stay INT8 and are not ranked")
-    if high_precision == "fp16":
-        wide = sorted({name for node in graph.model.graph.node if node.name in set(fallback)
-                       for name in list(node.input[:1]) + list(node.output[:1])
-                       if table.activations.get(name, 0.0) > FP16_MAX})
-        if wide:
-            data["notes"].append(f"WARNING: {len(wide)} tensor(s) at the fallback layers reach beyond the fp16 range "
-                                 f"(e.g. {wide[0]!r}, amax {table.activations[wide[0]]:.4g}): use high_precision fp32")
     if not data["met"]:
-        data["notes"].append(f"the budget of {max_drop} points was not met: the best reached is a drop of "
+        data["notes"].append(f"the budget of {budget.max_drop} points was not met: the best reached is a drop of "
                              f"{data['written']['drop']:.2f} points with {len(fallback)} float layer(s)"
                              + (f" (the limit, max_float_layers, is {limit})" if len(fallback) >= limit else ""))
     if paths:
         data["outputs"] = {k: str(v) for k, v in paths.items()}
         data["trtexec"] = trtexec_command(str(graph.path or "model.onnx"), str(paths["cache"]), fallback,
-                                          high_precision=high_precision)
+                                          high_precision=budget.high_precision)
     data["executor"] = {"name": executor.name, "workers": executor.workers, "where": executor.describe()}
     data["seconds"] = time.perf_counter() - started
+    _write_outputs(graph, table, data, paths, output, inputs)
+    return data
 
+
+def _scores(evaluation) -> dict:
+    """An evaluation's row in the result: its score, drop against FP32 (points) and first output's SQNR."""
+    return {"score": headline(evaluation)[0], "drop": drop_points(evaluation), "sqnr_db": first_sqnr(evaluation)}
+
+
+def _notes(graph, table, fallback: list[str], overlap: int, budget: Budget, limit: int) -> list[str]:
+    """What a user of the result should know: overlapping data, unnamed layers, fp16 overflow."""
+    notes = []
+    if overlap:
+        notes.append(f"WARNING: {overlap} evaluation samples were also calibration samples; the accuracy numbers "
+                     "are optimistic")
+    unnamed = [node.op_type for node in graph.model.graph.node if node.op_type in QUANTIZED_OPS and not node.name]
+    if unnamed:
+        notes.append(f"{len(unnamed)} quantized layer(s) have no ONNX node name, so they cannot be named to "
+                     "TensorRT or kept in float: they stay INT8 and are not ranked")
+    if budget.high_precision == "fp16":
+        wide = sorted({name for node in graph.model.graph.node if node.name in set(fallback)
+                       for name in list(node.input[:1]) + list(node.output[:1])
+                       if table.activations.get(name, 0.0) > FP16_MAX})
+        if wide:
+            notes.append(f"WARNING: {len(wide)} tensor(s) at the fallback layers reach beyond the fp16 range "
+                         f"(e.g. {wide[0]!r}, amax {table.activations[wide[0]]:.4g}): use high_precision fp32")
+    return notes
+
+
+def _write_outputs(graph, table, data: dict, paths: dict, output: TuneOutput, inputs: list) -> None:
+    """The Q/DQ model (fallback layers without Q/DQ, in their precision), the TensorRT cache without the
+    fallback layers' tensors and its table, and the report: committed together or not at all."""
+    fallback, high_precision = data["fallback"], data["high_precision"]
     with OutputSet(inputs) as files:
         if paths:
-            table.activations = cache_ranges
+            written = variant(table, fallback, high_precision).build(graph)
+            table.activations = trt_cache_without(table.activations, variant(table, fallback).build(graph), fallback)
             table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
                                                                    "all_int8", "final", "written", "met", "trtexec")}
             header = make_header(output.trt_version, "EntropyCalibration2")
             stage_cache_and_table(files, table, header, paths["cache"], paths["table"])
             files.add(paths["qdq_model"], written.SerializeToString())
-        if report is not None:
-            _tune_report(data).write(report, files)
+        if output.report is not None:
+            _tune_report(data).write(output.report, files)
         files.commit()
-    return data
 
 
 def _tune_report(data: dict) -> Report:
