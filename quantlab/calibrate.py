@@ -72,8 +72,7 @@ class Method:
             return method
         if isinstance(method, str):
             return cls(method)
-        name, params = method
-        return cls(name, dict(params or {}))
+        return cls(*method)
 
     @property
     def label(self) -> str:
@@ -94,7 +93,7 @@ class CollectOptions:
 
     def __post_init__(self) -> None:  # a list from a caller becomes a tuple: the options stay immutable
         if self.providers is not None:
-            object.__setattr__(self, "providers", tuple(self.providers))
+            object.__setattr__(self, "providers", tuple(self.providers) or None)  # none given: the default
 
 
 @dataclass(frozen=True)
@@ -189,7 +188,7 @@ def collect_statistics(model: Optional[ModelSource], data: DataSpec, options: Co
         if threads is not None and threads < 1:
             raise QuantlabError(f"threads must be at least 1, got {threads}", params=("threads",))
         shards = plan_shards(described.count, batch_size, runner.shards(-(-described.count // batch_size)))
-        tasks = [CollectShard(ref, spec, start, stop, batch_size, bins, tuple(options.providers or ()) or None,
+        tasks = [CollectShard(ref, spec, start, stop, batch_size, bins, options.providers,
                               options.tensors,
                               threads or runner.task_threads, runner.task_threads) for start, stop in shards]
         stats: Optional[Statistics] = None

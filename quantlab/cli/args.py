@@ -16,6 +16,7 @@ from ..calibrate import TENSOR_SCOPES, CollectOptions, RangePolicy
 from ..errors import QuantlabError, respell
 from ..evaluation.options import EvalOptions
 from ..executors import EXECUTORS
+from ..formats.trtcache import DEFAULT_TRT_VERSION
 from ..histogram import DEFAULT_BINS, check_bins
 from ..preprocess import Preprocess
 from ..report import jsonable
@@ -142,6 +143,24 @@ def add_eval_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="use N held-out samples (default: all)")
 
 
+def add_trt_version_argument(parser: argparse.ArgumentParser, written: str) -> None:
+    """--trt-version of the cache header a command writes (``written`` says which cache), read back
+    with :func:`~quantlab.formats.trtcache.parse_version`."""
+    parser.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
+                        help=f"TensorRT version in {written} header (default %(default)s)")
+
+
+def add_calibrate_and_judge_arguments(parser: argparse.ArgumentParser, *metric_flags: str) -> None:
+    """The groups of the commands that calibrate on --data and judge on --eval-data (sweep, tune):
+    evaluation, data, evaluation data, statistics, degenerate tensors, executor."""
+    add_evaluation_arguments(parser, *metric_flags)
+    add_data_arguments(parser)
+    add_eval_data_arguments(parser)
+    add_collection_arguments(parser)
+    add_policy_arguments(parser)
+    add_executor_arguments(parser)
+
+
 def add_evaluation_arguments(parser: argparse.ArgumentParser, *metric_flags: str) -> None:
     """How INT8 is judged (compare, sweep, tune): the arithmetic and the metric, read back by
     :func:`eval_options`."""
@@ -229,7 +248,7 @@ def spelled(args: argparse.Namespace, text: str) -> str:
 def collect_options(args: argparse.Namespace) -> CollectOptions:
     """The statistics group as :class:`~quantlab.calibrate.CollectOptions`."""
     return CollectOptions(bins=args.bins, tensors=getattr(args, "tensors", "all"),
-                          providers=tuple(args.provider) if args.provider else None, threads=args.threads)
+                          providers=args.provider, threads=args.threads)
 
 
 def range_policy(args: argparse.Namespace) -> RangePolicy:
@@ -242,4 +261,4 @@ def eval_options(args: argparse.Namespace, outputs: Sequence[str] = ()) -> EvalO
     return EvalOptions(outputs=tuple(outputs), metric=args.metric,
                        metric_params=parse_params(args.metric_params, "--metric-param"),
                        int8_arithmetic=getattr(args, "int8_arithmetic", "tensorrt"),
-                       providers=tuple(args.provider) if args.provider else None)
+                       providers=args.provider)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..calibrate import CalibrationOutput, Method, calibrate
-from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
+from ..formats.trtcache import parse_version
 from ..plugins import calibrator_class, list_calibrators, list_dataset_adapters
 from ..workload import resolve_model
 from .args import (
@@ -15,6 +15,7 @@ from .args import (
     add_data_arguments,
     add_executor_arguments,
     add_policy_arguments,
+    add_trt_version_argument,
     collect_options,
     data_spec,
     emit,
@@ -66,8 +67,7 @@ def add_parser(sub) -> None:
     cal.add_argument("--stats", nargs="+", metavar="FILE", help="calibrate from statistics "
                      "files (from quantlab collect; merged) instead of running the model")
     cal.add_argument("--save-stats", metavar="FILE", help="also save the collected statistics")
-    cal.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
-                     help="TensorRT version written in the cache header (default %(default)s)")
+    add_trt_version_argument(cal, "the cache")
     cal.add_argument("--trt-algorithm", help="algorithm in the cache header (default: "
                      "EntropyCalibration2, MinMaxCalibration for max)")
     cal.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")

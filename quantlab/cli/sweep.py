@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
+from ..formats.trtcache import parse_version
 from .args import (
-    add_collection_arguments,
-    add_data_arguments,
-    add_eval_data_arguments,
-    add_evaluation_arguments,
-    add_executor_arguments,
-    add_policy_arguments,
+    add_calibrate_and_judge_arguments,
+    add_trt_version_argument,
     collect_options,
     data_spec,
     emit,
@@ -39,15 +35,9 @@ def add_parser(sub) -> None:
     swp.add_argument("--pick", choices=["best"], help="write the winner's cache, table and Q/DQ model "
                      "into the report folder")
     swp.add_argument("--output", action="append", default=[], metavar="NAME", help="model output to rank on")
-    swp.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
-                     help="TensorRT version in the picked cache's header")
-    add_evaluation_arguments(swp, "--rank-by")
+    add_trt_version_argument(swp, "the picked cache's")
     swp.add_argument("--json", action="store_true", help="print the JSON result")
-    add_data_arguments(swp)
-    add_eval_data_arguments(swp)
-    add_collection_arguments(swp)
-    add_policy_arguments(swp)
-    add_executor_arguments(swp)
+    add_calibrate_and_judge_arguments(swp, "--rank-by")
     swp.set_defaults(func=run, command_parser=swp)
 
 

@@ -6,14 +6,10 @@ import argparse
 from pathlib import Path
 
 from .. import defaults
-from ..formats.trtcache import DEFAULT_TRT_VERSION, parse_version
+from ..formats.trtcache import parse_version
 from .args import (
-    add_collection_arguments,
-    add_data_arguments,
-    add_eval_data_arguments,
-    add_evaluation_arguments,
-    add_executor_arguments,
-    add_policy_arguments,
+    add_calibrate_and_judge_arguments,
+    add_trt_version_argument,
     collect_options,
     count_type,
     data_spec,
@@ -78,15 +74,9 @@ def add_parser(sub) -> None:
     tune.add_argument("--report", metavar="DIR", help="write the report (sensitivity, search path) here")
     tune.add_argument("--output-name", dest="outputs", action="append", default=[], metavar="NAME",
                       help="model output the metric reads (default: all)")
-    tune.add_argument("--trt-version", default=".".join(map(str, DEFAULT_TRT_VERSION)),
-                      help="TensorRT version in the cache header")
-    add_evaluation_arguments(tune)
+    add_trt_version_argument(tune, "the cache's")
     tune.add_argument("--json", action="store_true", help="print the JSON result")
-    add_data_arguments(tune)
-    add_eval_data_arguments(tune)
-    add_collection_arguments(tune)
-    add_policy_arguments(tune)
-    add_executor_arguments(tune)
+    add_calibrate_and_judge_arguments(tune)
     tune.set_defaults(func=run, command_parser=tune)
 
 

@@ -399,7 +399,7 @@ def evaluate_sharded(graph, data: DataSpec, candidates: dict[str, QdqCandidate],
     count = min(plan.count, limit) if limit else plan.count
     shards = plan_shards(count, data.batch_size, executor.shards(-(-count // data.batch_size)))
     tasks = [EvaluationShard(ref, spec, start, stop, candidates, list(outputs), metric, metric_params, plan.per_run,
-                             tuple(providers or ()) or None, arithmetic, executor.task_threads)
+                             providers, arithmetic, executor.task_threads)
              for start, stop in shards]
     merged: Optional[ShardEvaluation] = None
     bar = tqdm(total=count, unit="sample", desc=desc, disable=not progress, file=sys.stderr)

@@ -31,7 +31,7 @@ class EvalOptions:
         object.__setattr__(self, "outputs", tuple(self.outputs))
         object.__setattr__(self, "metric_params", dict(self.metric_params or {}))
         if self.providers is not None:
-            object.__setattr__(self, "providers", tuple(self.providers))
+            object.__setattr__(self, "providers", tuple(self.providers) or None)  # none given: the default
 
 
 @dataclass(frozen=True)

@@ -116,12 +116,13 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     final = found.evaluation if found else base  # every step scored the model written (fp16 fallback included)
 
     overlap = len(set(stats.fingerprint.samples) & set(scorer.fingerprint.samples))
+    _, reference, score_name = headline(base)
     data = {
         "kind": "tune",
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256},
         "calibration": {"samples": stats.num_samples, "fingerprint": stats.fingerprint.hexdigest},
         "heldout": {"samples": base.samples, "overlap_with_calibration": overlap},
-        "metric": {"name": base.metric.get("metric"), "score_name": headline(base)[2], "fp32": headline(base)[1]},
+        "metric": {"name": base.metric.get("metric"), "score_name": score_name, "fp32": reference},
         "max_drop": budget.max_drop, "max_float_layers": limit, "high_precision": budget.high_precision,
         "int8_arithmetic": evaluation.int8_arithmetic,
         "auto": {"chosen_counts": table.provenance["auto"]["chosen_counts"],
