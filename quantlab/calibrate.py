@@ -41,6 +41,7 @@ from .graph import ModelGraph
 from .histogram import DEFAULT_BINS, check_bins
 from .plugins import get_calibrator
 from .preprocess import check_batch_size, describe_scaling, first_sample_dtype, iterate_batches
+from .qdq import QdqOptions, QdqReport, export_qdq, measured_ranges
 from .statistics import Statistics, merge_files
 from .table import CalibrationTable, timestamp, versions
 from .weights import weight_ranges
@@ -108,15 +109,24 @@ class RangePolicy:
 
 @dataclass(frozen=True)
 class CalibrationOutput:
-    """The files of a calibration: the TensorRT ``cache``, its quantlab ``table`` (default beside the
-    cache, :func:`~quantlab.workload.table_path_for`), the collected ``stats`` (optional), and the
-    cache header's TensorRT version and algorithm (default: the method's)."""
+    """The files of a calibration: the TensorRT ``cache`` (TensorRT <= 10), the typed Q/DQ model
+    ``qdq`` (TensorRT 10/11; placed and typed as ``qdq_options`` say), at least one of the two; the
+    quantlab ``table`` (default beside the cache, or the Q/DQ model:
+    :func:`~quantlab.workload.table_path_for`), the collected ``stats`` (optional), and the cache
+    header's TensorRT version and algorithm (default: the method's)."""
 
-    cache: PathLike
+    cache: Optional[PathLike] = None
     table: Optional[PathLike] = None
     stats: Optional[PathLike] = None
     trt_version: tuple = DEFAULT_TRT_VERSION
     trt_algorithm: Optional[str] = None
+    qdq: Optional[PathLike] = None
+    qdq_options: QdqOptions = QdqOptions()
+
+    def __post_init__(self) -> None:
+        if self.cache is None and self.qdq is None:
+            raise QuantlabError("a calibration output needs a cache path, a Q/DQ model path or both",
+                                params=("output",))
 
     @classmethod
     def of(cls, output: Union[PathLike, CalibrationOutput, None]) -> Optional[CalibrationOutput]:
@@ -127,7 +137,9 @@ class CalibrationOutput:
 
     @property
     def table_path(self) -> Path:
-        return Path(self.table) if self.table is not None else table_path_for(self.cache)
+        if self.table is not None:
+            return Path(self.table)
+        return table_path_for(self.cache if self.cache is not None else self.qdq)
 
 
 @dataclass(frozen=True)
@@ -411,6 +423,8 @@ class CalibrationResult:
     cache_path: Optional[Path]
     table_path: Optional[Path]
     seconds: float
+    qdq_path: Optional[Path] = None
+    qdq_report: Optional[QdqReport] = None
 
 
 def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = None,
@@ -435,23 +449,35 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
                          (files.trt_algorithm if files else None) or algorithm)
     inputs = [graph.path, data.source, *(stats or ())]
     if files is not None:
-        check_outputs({"output": files.cache, "table": files.table_path, "save_stats": files.stats}, inputs)
+        check_outputs({"output": files.cache, "table": files.table_path, "save_stats": files.stats,
+                       "qdq": files.qdq}, inputs)
     if stats:
         statistics = merge_files(stats)
     else:
         statistics = collect_statistics(graph, data, collect, progress=progress, executor=executor)
     result_table = calibrate_statistics(graph, statistics, method, policy=policy, data=data, progress=progress)
     result_table.provenance["trt_cache_header"] = header
-    cache_path = table_path = None
+    measured = measured_ranges(statistics.tensors)
+    result_table.provenance["measured"] = {name: measured[name].to_dict() for name in sorted(measured)}
+    cache_path = table_path = qdq_path = qdq_report = None
     with OutputSet(inputs) as outputs:
         if files is not None:
             if files.stats is not None:
                 outputs.add(files.stats, statistics.to_bytes())
-            cache_path, table_path = stage_cache_and_table(outputs, result_table, header, files.cache,
-                                                           files.table_path)
+            if files.qdq is not None:
+                qdq_model, qdq_report = export_qdq(graph, result_table.activations, result_table.weights,
+                                                   files.qdq_options, measured=measured)
+                result_table.provenance["qdq"] = {"model": str(files.qdq), **qdq_report.to_dict()}
+                qdq_path = outputs.add(files.qdq, qdq_model.SerializeToString())
+            if files.cache is not None:
+                cache_path, table_path = stage_cache_and_table(outputs, result_table, header, files.cache,
+                                                               files.table_path)
+            else:
+                table_path = outputs.add_text(files.table_path, result_table.to_json())
         outputs.commit()
     return CalibrationResult(result_table, statistics, Path(cache_path) if cache_path else None,
-                             Path(table_path) if table_path else None, time.perf_counter() - started)
+                             Path(table_path) if table_path else None, time.perf_counter() - started,
+                             Path(qdq_path) if qdq_path else None, qdq_report)
 
 
 def stage_cache_and_table(outputs: OutputSet, table: CalibrationTable, header: str, cache_path: Union[str, Path],

@@ -42,11 +42,11 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, numpy_helper
 
 from .errors import QuantlabError
-from .graph import names_used
 from .qdq import QUANTIZED_OPS
+from .qdq.remainder import FP16_MAX, retype
 
 HIGH_PRECISIONS = ("fp16", "fp32")
 
@@ -70,7 +70,6 @@ DATA_MOVEMENT_OPS = frozenset({
     "Slice", "DepthToSpace", "SpaceToDepth",
 })
 
-FP16_MAX = float(np.finfo(np.float16).max)
 
 
 def fallback_nodes(model: onnx.ModelProto, nodes: Iterable[str]) -> list[onnx.NodeProto]:
@@ -176,96 +175,8 @@ def float16_layers(model: onnx.ModelProto, nodes: Iterable[str], *, extend: bool
     65504 would overflow in fp16, and the caller, who has the table, should pick fp32 for it.
     """
     layers = fallback_nodes(model, nodes)
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
-    if not layers:
-        return result
-    graph = result.graph
-    chosen = {id(node) for node in layers}
-    layers = [graph.node[i] for i, node in enumerate(model.graph.node) if id(node) in chosen]
-    region = _region(result, layers, extend)
-    layer_ids = {id(node) for node in layers}
-    types = _element_types(result)
-    initializers = {init.name: init for init in graph.initializer}
-    taken = _all_names(result)
-    outside_reads = {o.name for o in graph.output}
-    for index, node in enumerate(graph.node):
-        if index not in region:
-            outside_reads |= {name for name in node.input if name}
-            outside_reads |= names_used(_subgraphs_only(node))
-
-    fp16: dict[str, str] = {}  # float32 name -> its float16 counterpart
-    new_initializers: list[onnx.TensorProto] = []
-    ordered: list[onnx.NodeProto] = []
-    for index, node in enumerate(graph.node):
-        if index not in region:
-            ordered.append(node)
-            continue
-        label = f"{node.op_type} {_key(node)!r}"
-        for position, name in enumerate(node.input):
-            if not name:
-                continue
-            if name in fp16:
-                node.input[position] = fp16[name]
-            elif name in initializers:
-                array = numpy_helper.to_array(initializers[name])
-                if array.dtype != np.float32:
-                    if array.dtype.kind == "f" and array.dtype != np.float16:
-                        raise QuantlabError(f"{label} reads the {array.dtype} initializer {name!r}; only float32 "
-                                            "layers can be converted to float16 (`nodes`)", params=("nodes",))
-                    continue  # already fp16, or an integer input (shapes, indices)
-                if not _fits_fp16(initializers[name]):
-                    peak = float(np.max(np.abs(array[np.isfinite(array)]))) if np.isfinite(array).any() else np.inf
-                    raise QuantlabError(f"{label} cannot compute in float16: its initializer {name!r} holds values up "
-                                        f"to {peak:.4g}, beyond float16's {FP16_MAX:.0f}; keep it in fp32 "
-                                        "(`high_precision`)", params=("high_precision",))
-                copy = numpy_helper.from_array(array.astype(np.float16), _unique(f"{name}_fp16", taken))
-                new_initializers.append(copy)
-                fp16[name] = node.input[position] = copy.name
-            else:
-                elem = types.get(name, TensorProto.FLOAT if id(node) in layer_ids else None)
-                if elem == TensorProto.FLOAT16:
-                    continue
-                if elem != TensorProto.FLOAT:
-                    raise QuantlabError(f"{label} reads {name!r} of type "
-                                        f"{helper.tensor_dtype_to_string(elem) if elem else 'unknown'}; only float32 "
-                                        "layers can be converted to float16 (`nodes`)", params=("nodes",))
-                cast = _unique(f"{name}_fp16", taken)
-                ordered.append(helper.make_node("Cast", [name], [cast], name=_unique(f"{cast}_Cast", taken),
-                                                to=TensorProto.FLOAT16))
-                fp16[name] = node.input[position] = cast
-        back = []
-        for position, name in enumerate(node.output):
-            if not name:
-                continue
-            inner = _unique(f"{name}_fp16", taken)
-            fp16[name] = node.output[position] = inner
-            if name in outside_reads:
-                back.append(helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_Cast_fp32", taken),
-                                             to=TensorProto.FLOAT))
-        ordered.append(node)
-        ordered += back
-
-    del graph.node[:]
-    graph.node.extend(ordered)
-    graph.initializer.extend(new_initializers)
-    used = names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    present = {out for node in graph.node for out in node.output}
-    kept_info = [vi for vi in graph.value_info if vi.name in present]  # renamed fp16 tensors have none
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
-    # The checker, then type inference with type checks (the Casts must line up) but not strict shape
-    # merging: exporters declare wrong output shapes that ONNX Runtime ignores (PP-OCRv5's classifier
-    # declares its [N, 2] Softmax output as a scalar), and the full check would refuse them.
-    try:
-        onnx.checker.check_model(result)
-        onnx.shape_inference.infer_shapes(result, check_type=True, strict_mode=False)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise QuantlabError(f"the float16 model fails onnx.checker: {str(exc).strip().splitlines()[0]}") from exc
-    return result
+    region = _region(model, layers, extend) if layers else set()
+    return retype(model, dict.fromkeys(region, TensorProto.FLOAT16))
 
 
 def trt_cache_without(activations: dict[str, float], model: onnx.ModelProto,
@@ -412,43 +323,3 @@ def _fits_fp16(init: onnx.TensorProto) -> bool:
     return finite.size == 0 or float(np.max(np.abs(finite))) <= FP16_MAX
 
 
-def _element_types(model: onnx.ModelProto) -> dict[str, int]:
-    """Element type of each tensor shape inference can tell (graph I/O as declared)."""
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model)
-    except Exception:  # custom ops: what the file states
-        inferred = model
-    types = {}
-    for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
-        if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type:
-            types[vi.name] = vi.type.tensor_type.elem_type
-    return types
-
-
-def _all_names(model: onnx.ModelProto) -> set[str]:
-    graph = model.graph
-    names = {init.name for init in graph.initializer} | {vi.name for vi in graph.input} | names_used(graph)
-    for node in graph.node:
-        names.update(node.output)
-        names.add(node.name)
-    return names
-
-
-def _unique(base: str, taken: set[str]) -> str:
-    """``base``, or ``base_2``, ``base_3``... : the first name not yet in ``taken`` (then taken)."""
-    name, count = base, 1
-    while name in taken:
-        count += 1
-        name = f"{base}_{count}"
-    taken.add(name)
-    return name
-
-
-def _subgraphs_only(node: onnx.NodeProto) -> onnx.GraphProto:
-    """A graph holding ``node``'s subgraphs' nodes, so :func:`names_used` sees what they read."""
-    holder = onnx.GraphProto()
-    for attribute in node.attribute:
-        for sub in ([attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else
-                    attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else []):
-            holder.node.extend(sub.node)
-    return holder

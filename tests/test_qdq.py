@@ -57,7 +57,7 @@ def test_qdq_model_passes_the_checker_and_keeps_accuracy_in_onnxruntime(calibrat
 def test_weights_are_int8_with_per_channel_scales():
     graph = load_model(defaults.MODEL)
     amax = {name: 4.0 for name in graph.activations}
-    model, report = export_qdq(graph, amax)
+    model, report = export_qdq(graph, amax, None, QdqOptions(placement="compute"))
     inits = {i.name: i for i in model.graph.initializer}
     assert len(report.quantized_weights) == 18
     for node in model.graph.node:
@@ -99,7 +99,7 @@ def test_residual_placement_feeds_the_skip_input_of_conv_add_through_qdq():
     for add in adds:
         kinds = sorted(producers[name] for name in add.input)
         assert kinds == ["Conv", "DequantizeLinear"], kinds
-    compute, _ = export_qdq(graph, amax)
+    compute, _ = export_qdq(graph, amax, None, QdqOptions(placement="compute"))
     assert all("DequantizeLinear" not in {producers_of(compute)[i] for i in n.input}
                for n in compute.graph.node if n.op_type == "Add")
 

@@ -35,6 +35,11 @@ BETWEEN = "/features/features.3/block/block.5/Clip"
 LEVELS = [ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL]
 
 
+# float16_layers works on an fp32 Q/DQ model (the typed remainder of export_qdq is the same mechanism
+# applied to every float op): the placement that quantizes the compute inputs, everything else fp32.
+FP32_COMPUTE = {"placement": "compute", "high_precision": "fp32"}
+
+
 @pytest.fixture(scope="module")
 def graph():
     return load_model(defaults.MODEL)
@@ -47,7 +52,7 @@ def amax():
 
 @pytest.fixture(scope="module")
 def qdq(graph, amax):
-    return export_qdq(graph, amax, None, QdqOptions(exclude_nodes=FALLBACK))[0]
+    return export_qdq(graph, amax, None, QdqOptions(exclude_nodes=FALLBACK, **FP32_COMPUTE))[0]
 
 
 @pytest.fixture(scope="module")
@@ -139,7 +144,7 @@ def test_the_activation_between_fallback_layers_joins_the_float16_region(qdq, ha
 def test_a_tensor_read_inside_and_outside_the_region_is_passed_on_in_fp16_and_cast_back_once(graph, amax):
     # The projection Conv's output feeds the next block's expansion Conv and the residual Add.
     expand = "/features/features.4/block/block.0/Conv"
-    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[PROJECT, expand]))[0]
+    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[PROJECT, expand], **FP32_COMPUTE))[0]
     half = float16_layers(qdq, [PROJECT, expand])
     tensor = "/features/features.3/block/block.6/Conv_output_0"
     assert node(half, expand).input[0] == node(half, PROJECT).output[0] == f"{tensor}_fp16"
@@ -164,7 +169,7 @@ def test_a_weight_shared_with_a_float32_layer_is_unchanged_for_it(amax):
     first, second = "/features/features.4/block/block.0/Conv", "/features/features.5/block/block.0/Conv"
     node(tied, second).input[1] = node(tied, first).input[1]
     graph = load_model(tied)
-    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[first, second]))[0]
+    qdq = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[first, second], **FP32_COMPUTE))[0]
     half = float16_layers(qdq, [first])
     weight = node(tied, first).input[1]
     assert node(half, second).input[1] == weight
@@ -188,7 +193,7 @@ def test_matmul_layers_of_a_real_face_detector_compute_in_float16_in_onnxruntime
     graph = load_model(model.path)
     ranges = calibrate(graph, spec, method="max", progress=False).table.activations
     layers = ["dense", "dense_2"]  # the MatMul after Flatten, and a head whose Add is a graph output
-    qdq = export_qdq(graph, ranges, None, QdqOptions(exclude_nodes=layers))[0]
+    qdq = export_qdq(graph, ranges, None, QdqOptions(exclude_nodes=layers, **FP32_COMPUTE))[0]
     half = float16_layers(qdq, layers)
     assert all(initializer(half, node(half, name).input[1]).data_type == TensorProto.FLOAT16 for name in layers)
     x = (corpus.sample_images(model, "heldout", 16).astype(np.float32) / 255 - model.mean[0]) / model.std[0]
@@ -252,7 +257,7 @@ def test_cache_keeps_the_residual_skip_a_residual_qdq_model_quantizes(graph, ama
     # The expansion Conv's input is also the skip of the next residual Add.
     expand = "/features/features.4/block/block.0/Conv"
     skip = "/features/features.3/block/block.6/Conv_output_0"
-    residual = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[expand], placement="residual"))[0]
+    residual = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[expand], placement="residual", high_precision="fp32"))[0]
     assert skip not in trt_cache_without(amax, graph.model, [expand])
     assert skip in trt_cache_without(amax, residual, [expand])
 

@@ -19,6 +19,8 @@ from ..executors import EXECUTORS
 from ..formats.trtcache import DEFAULT_TRT_VERSION
 from ..histogram import DEFAULT_BINS, check_bins
 from ..preprocess import Preprocess
+from ..qdq import HIGH_PRECISIONS, PLACEMENTS, QdqOptions
+from ..qdq.placement import RULE_NAMES
 from ..report import jsonable
 from ..workload import DataSpec
 
@@ -178,6 +180,29 @@ def add_metric_arguments(parser: argparse.ArgumentParser, *flags: str) -> None:
                         "sweep ranks methods by its score)")
     parser.add_argument("--metric-param", dest="metric_params", action="append", metavar="NAME=VALUE",
                         help="metric parameter, e.g. score_threshold=0.3 for detection (repeatable)")
+
+
+def add_qdq_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where Q/DQ pairs stand and what type the rest has (export-qdq, calibrate -o X.qdq.onnx, compare):
+    read back by :func:`qdq_options`."""
+    group = parser.add_argument_group("Q/DQ model (TensorRT 10/11 explicit INT8; see docs/qdq.md)")
+    group.add_argument("--placement", choices=PLACEMENTS, default="tensorrt",
+                       help="tensorrt: every placement rule, as TensorRT fuses (default); compute: the inputs of "
+                       "Conv/Gemm/MatMul only; residual: those and residual skip inputs")
+    group.add_argument("--no-rule", dest="disabled_rules", action="append", default=[], metavar="RULE",
+                       choices=RULE_NAMES, help="switch one placement rule off (repeatable): "
+                       + ", ".join(RULE_NAMES))
+    group.add_argument("--high-precision", choices=HIGH_PRECISIONS, default="fp16",
+                       help="type of every op outside INT8 (default fp16; fp32 kept per op where the measured "
+                       "ranges say fp16 is unsafe, with the reason in the table)")
+    group.add_argument("--exclude-node", dest="exclude_nodes", action="append", default=[], metavar="NAME",
+                       help="keep this layer out of INT8 (repeatable)")
+    group.add_argument("--exclude-op", dest="exclude_ops", action="append", default=[], metavar="TYPE",
+                       help="keep every layer of this op type out of INT8 (e.g. Gemm)")
+
+
+def qdq_options(args: argparse.Namespace) -> QdqOptions:
+    return QdqOptions(args.exclude_nodes, args.exclude_ops, args.placement, args.disabled_rules, args.high_precision)
 
 
 def data_spec(args: argparse.Namespace) -> DataSpec:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .. import defaults
 from ..calibrate import CalibrationOutput, Method, calibrate
+from ..errors import QuantlabError
 from ..formats.trtcache import parse_version
 from ..plugins import calibrator_class, list_calibrators, list_dataset_adapters
 from ..workload import resolve_model
@@ -15,6 +16,7 @@ from .args import (
     add_data_arguments,
     add_executor_arguments,
     add_policy_arguments,
+    add_qdq_arguments,
     add_trt_version_argument,
     collect_options,
     data_spec,
@@ -22,9 +24,11 @@ from .args import (
     executor_for,
     executor_line,
     parse_params,
+    qdq_options,
     range_policy,
     spelled,
 )
+from .export_qdq import describe
 
 EPILOG = """\
 examples:
@@ -60,8 +64,12 @@ def add_parser(sub) -> None:
                      "calibration samples; see --list-methods)")
     cal.add_argument("--param", action="append", metavar="NAME=VALUE",
                      help="method parameter, e.g. p=99.9 for percentile (repeatable)")
-    cal.add_argument("-o", "--output", metavar="CACHE", help="TensorRT cache to write "
-                     "(default: <model name>.cache in the current folder)")
+    cal.add_argument("-o", "--output", metavar="FILE", help="TensorRT cache to write (default: <model name>.cache "
+                     "in the current folder); a name ending in .onnx writes the typed Q/DQ model for TensorRT 11 "
+                     "instead (see --format)")
+    cal.add_argument("--format", choices=["cache", "qdq", "both"], help="what -o is: cache (TensorRT <= 10), "
+                     "qdq (a typed Q/DQ ONNX for TensorRT 10/11) or both (-o names the Q/DQ model, the cache "
+                     "goes beside it); default: from the name, .onnx -> qdq")
     cal.add_argument("--table", metavar="JSON", help="quantlab table to write "
                      "(default: <cache stem>.quantlab.json)")
     cal.add_argument("--stats", nargs="+", metavar="FILE", help="calibrate from statistics "
@@ -76,6 +84,7 @@ def add_parser(sub) -> None:
     add_data_arguments(cal)
     add_collection_arguments(cal)
     add_policy_arguments(cal)
+    add_qdq_arguments(cal)
     add_executor_arguments(cal)
     cal.set_defaults(func=run, command_parser=cal)
 
@@ -93,8 +102,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"{info.name:12s} {info.target}  ({info.distribution})")
         return 0
     model_path = Path(args.model) if args.model else defaults.MODEL
-    output = CalibrationOutput(args.output or f"{model_path.stem}.cache", table=args.table, stats=args.save_stats,
-                               trt_version=parse_version(args.trt_version), trt_algorithm=args.trt_algorithm)
+    target = args.output or (f"{model_path.stem}.qdq.onnx" if args.format in ("qdq", "both")
+                             else f"{model_path.stem}.cache")
+    kind = args.format or ("qdq" if str(target).lower().endswith(".onnx") else "cache")
+    if kind == "cache" and str(target).lower().endswith(".onnx"):
+        raise QuantlabError(f"-o {target} names an ONNX file but --format cache writes a TensorRT text cache; "
+                            "name the cache .cache, or drop --format to write the Q/DQ model")
+    cache = {"cache": target, "qdq": None, "both": Path(target).with_suffix("").with_suffix(".cache")}[kind]
+    output = CalibrationOutput(cache, table=args.table, stats=args.save_stats,
+                               trt_version=parse_version(args.trt_version), trt_algorithm=args.trt_algorithm,
+                               qdq=None if kind == "cache" else target, qdq_options=qdq_options(args))
     graph = resolve_model(args.model)
     with executor_for(args) as executor:
         result = calibrate(graph, data_spec(args), Method(args.method, parse_params(args.param)), output=output,
@@ -103,7 +120,9 @@ def run(args: argparse.Namespace) -> int:
     table = result.table
     amax = sorted(table.activations.values())
     data = {"model": str(model_path), "method": table.method, "params": table.params,
-            "cache": str(result.cache_path), "cache_header": table.provenance["trt_cache_header"],
+            "cache": str(result.cache_path) if result.cache_path else None,
+            "qdq_model": str(result.qdq_path) if result.qdq_path else None,
+            "cache_header": table.provenance["trt_cache_header"],
             "table": str(result.table_path), "activations": len(table.activations), "weights": len(table.weights),
             "amax_min": amax[0], "amax_max": amax[-1], "samples": result.statistics.num_samples,
             "input_scaling": result.statistics.scaling, "notes": table.notes, "seconds": result.seconds,
@@ -133,9 +152,14 @@ def run(args: argparse.Namespace) -> int:
     if executor_line(executor) and not args.stats:
         lines.append(executor_line(executor))
         data["executor"] = {"where": executor.describe(), "ran": executor.ran()}
-    lines += [f"  time        : {result.seconds:.2f} s",
-              f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})",
-              f"  table       : {result.table_path}"]
+    lines.append(f"  time        : {result.seconds:.2f} s")
+    if result.cache_path:
+        lines.append(f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})")
+    if result.qdq_report is not None:
+        lines += describe(result.qdq_report, f"  Q/DQ model  : {result.qdq_path}", "this calibration",
+                          "the measured ranges of this calibration")
+        data["qdq"] = result.qdq_report.to_dict()
+    lines.append(f"  table       : {result.table_path}")
     lines += [f"  note: {name}: {spelled(args, note)}" for name, note in list(table.notes.items())[:5]]
     if args.tensors == "qdq":
         lines.append("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 "

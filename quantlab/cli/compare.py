@@ -7,8 +7,17 @@ from pathlib import Path
 
 from ..errors import QuantlabError
 from ..evaluation.options import CompareOptions
-from ..qdq import QdqOptions
-from .args import add_data_arguments, add_evaluation_arguments, count_type, data_spec, emit, eval_options, spelled
+from .args import (
+    add_data_arguments,
+    add_evaluation_arguments,
+    add_qdq_arguments,
+    count_type,
+    data_spec,
+    emit,
+    eval_options,
+    qdq_options,
+    spelled,
+)
 
 
 def add_parser(sub) -> None:
@@ -30,12 +39,7 @@ def add_parser(sub) -> None:
     cmp_.add_argument("--output", action="append", default=[], metavar="NAME",
                       help="model output to compare (repeatable; default: all)")
     cmp_.add_argument("--worst", type=count_type(0), default=10, help="how many worst tensors to list (default 10)")
-    cmp_.add_argument("--exclude-node", dest="exclude_nodes", action="append", default=[], metavar="NAME",
-                      help="keep in float (repeatable)")
-    cmp_.add_argument("--exclude-op", dest="exclude_ops", action="append", default=[], metavar="TYPE",
-                      help="keep in float (repeatable)")
-    cmp_.add_argument("--placement", choices=["compute", "residual"], default="compute",
-                      help="Q/DQ placement (see export-qdq --help)")
+    add_qdq_arguments(cmp_)
     cmp_.add_argument("--backend", choices=["onnxruntime", "tensorrt"], default="onnxruntime",
                       help="run the INT8 model in ONNX Runtime (CPU, default) or as a TensorRT engine (GPU)")
     add_evaluation_arguments(cmp_, "--metric")
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(cache).exists():
             raise QuantlabError("no ./fashion_mnist_cnn.cache here: run 'quantlab calibrate' first, or pass --cache")
     result = compare(args.model, cache, data_spec(args), evaluation=eval_options(args, args.output),
-                     qdq=QdqOptions(args.exclude_nodes, args.exclude_ops, args.placement),
+                     qdq=qdq_options(args),
                      options=CompareOptions(args.backend, args.tensor_samples, args.worst), report=args.report,
                      progress=not args.quiet)
     data = result.data

@@ -1,41 +1,47 @@
-"""``quantlab export-qdq``: a Q/DQ ONNX model (TensorRT 10/11 explicit INT8) from any cache or table."""
+"""``quantlab export-qdq``: a typed Q/DQ ONNX model (TensorRT 10/11 explicit INT8) from any cache or table."""
 
 from __future__ import annotations
 
 import argparse
 
 from ..atomic import check_output, write_bytes_atomic
+from ..errors import QuantlabError
 from ..formats.ranges import read_ranges
-from ..qdq import QdqOptions, export_qdq
+from ..qdq import MeasuredRange, export_qdq, measured_ranges
+from ..statistics import merge_files
 from ..workload import resolve_model
-from .args import emit
+from .args import add_qdq_arguments, emit, qdq_options
 
 EPILOG = """\
 examples:
   quantlab export-qdq model.onnx --cache model.cache -o model.qdq.onnx          # any cache: TensorRT 4 to 10
   quantlab export-qdq model.onnx --cache model.quantlab.json -o model.qdq.onnx --placement residual
-  quantlab export-qdq model.onnx --cache calibration.flatbuffers -o model.qdq.onnx --exclude-op Gemm
+  quantlab export-qdq model.onnx --cache calibration.flatbuffers -o model.qdq.onnx --high-precision fp32
+  quantlab export-qdq model.onnx --cache model.cache --stats model.stats.npz -o model.qdq.onnx --no-rule pooling
+
+the typed remainder: every op outside INT8 gets --high-precision (fp16 by default); an op stays fp32
+where a tensor it reads or writes measured max |x| > 16376 (fp16 max / 4), had > 10 % of its values
+below fp16's smallest normal, or (reductions, normalisations) sums values that could pass that bound.
+Ranges come from the table's measurements (quantlab calibrate records them), from --stats, or else
+from the cache's thresholds (a lower bound on max |x|). Graph input and output types never change.
 """
 
 
 def add_parser(sub) -> None:
-    qdq = sub.add_parser("export-qdq", help="write a Q/DQ ONNX model (TensorRT 10/11 explicit INT8) "
+    qdq = sub.add_parser("export-qdq", help="write a typed Q/DQ ONNX model (TensorRT 10/11 explicit INT8) "
                          "from any cache or table",
-                         description="Insert QuantizeLinear/DequantizeLinear nodes from a calibration "
-                                     "cache or table of any format (TensorRT cache of any vintage, ONNX "
-                                     "Runtime table, quantlab table): the path from a legacy cache to a "
-                                     "TensorRT 11 engine.",
+                         description="Insert QuantizeLinear/DequantizeLinear pairs where TensorRT fuses them, "
+                                     "from a calibration cache or table of any format (TensorRT cache of any "
+                                     "vintage, ONNX Runtime table, quantlab table), and type the rest fp16 "
+                                     "from measured ranges: the path from a legacy cache to a TensorRT 11 "
+                                     "engine.",
                          epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     qdq.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
     qdq.add_argument("--cache", required=True, metavar="FILE", help="ranges: cache or table, any format")
     qdq.add_argument("-o", "--output", required=True, metavar="ONNX", help="Q/DQ model to write")
-    qdq.add_argument("--exclude-node", dest="exclude_nodes", action="append", default=[], metavar="NAME",
-                     help="keep this node in float (repeatable)")
-    qdq.add_argument("--exclude-op", dest="exclude_ops", action="append", default=[], metavar="TYPE",
-                     help="keep every node of this op type in float (e.g. Gemm)")
-    qdq.add_argument("--placement", choices=["compute", "residual"], default="compute",
-                     help="compute: inputs of Conv/Gemm/MatMul (default); residual: also the skip input "
-                     "of Conv+Add residuals, for TensorRT's INT8 residual fusion")
+    qdq.add_argument("--stats", nargs="+", metavar="FILE", help="statistics files (quantlab collect/--save-stats) "
+                     "that type the remainder from measured ranges")
+    add_qdq_arguments(qdq)
     qdq.add_argument("--allow-missing", action="store_true",
                      help="leave quantizable tensors without a range in float instead of failing")
     qdq.add_argument("--json", action="store_true", help="machine-readable report")
@@ -46,23 +52,50 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output)
     graph = resolve_model(args.model)
     ranges = read_ranges(args.cache)
-    weights = None
+    weights = measured = None
+    source = "cache thresholds (lower bounds)"
     if ranges.format == "quantlab":
         table = ranges.extra["table"]
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
-    model, report = export_qdq(graph, ranges.amax, weights,
-                               QdqOptions(args.exclude_nodes, args.exclude_ops, args.placement),
-                               require_all=not args.allow_missing)
+        if "measured" in table.provenance:
+            measured = {name: MeasuredRange.from_dict(value) for name, value in table.provenance["measured"].items()}
+            source = "the table's measured ranges"
+    if args.stats:
+        stats = merge_files(args.stats)
+        if stats.model_sha256 != graph.sha256:
+            raise QuantlabError(f"the statistics in {args.stats[0]} are of another model (SHA-256 "
+                                f"{stats.model_sha256[:12]}..., this model {graph.sha256[:12]}...)")
+        measured = measured_ranges(stats.tensors)
+        source = "measured ranges from " + ", ".join(args.stats)
+    model, report = export_qdq(graph, ranges.amax, weights, qdq_options(args), require_all=not args.allow_missing,
+                               measured=measured)
     write_bytes_atomic(args.output, model.SerializeToString())
     data = {"output": str(args.output), "cache": str(args.cache), "cache_format": ranges.format,
-            "quantized_activations": len(report.quantized_activations),
-            "quantized_weights": len(report.quantized_weights),
             "unmatched_ranges": report.unmatched_ranges, "missing_ranges": report.missing_ranges,
             "skipped_nodes": report.skipped_nodes, "skipped_weights": report.skipped_weights,
-            "notes": report.notes}
-    text = [f"wrote {args.output}: Q/DQ on {len(report.quantized_activations)} activations and "
-            f"{len(report.quantized_weights)} weights (per channel), ranges from {ranges.format} {args.cache}"]
+            "notes": report.notes, "typed_from": source, **report.to_dict()}
+    emit(args, data, "\n".join(describe(report, f"wrote {args.output}", f"{ranges.format} {args.cache}", source)))
+    return 0
+
+
+def describe(report, headline: str, ranges_from: str, typed_from: str) -> list[str]:
+    """The summary lines of a Q/DQ export (export-qdq and calibrate -o X.qdq.onnx)."""
+    rules = ", ".join(f"{rule} {count}" for rule, count in report.applied.items())
+    text = [f"{headline}: Q/DQ on {len(report.quantized_activations)} activations and "
+            f"{len(report.quantized_weights)} weights (per channel), ranges from {ranges_from}",
+            f"  placement   : {report.placement} ({rules})",
+            f"  types       : {report.summary()}" + (f" (typed from {typed_from})" if report.high_precision != "fp32"
+                                                      else "")]
+    if report.unmeasured and report.high_precision == "fp16":
+        text.append(f"  note: {report.unmeasured} tensors had no measured range and are {report.high_precision}; "
+                    "calibrate with --tensors all (or pass --stats) to decide them from data")
+    if report.float_layers:
+        shown = "; ".join(f"{node} ({why})" for node, why in list(report.float_layers.items())[:3])
+        text.append(f"  left float  : {len(report.float_layers)} small layers: {shown}")
+    for tensor, shared in list(report.shared_scales.items())[:3]:
+        text.append(f"  shared scale: {tensor} takes amax {shared['amax']:.4g} (own {shared['own_amax']:.4g}) "
+                    f"with the other inputs of its Concat")
     if report.unmatched_ranges:
         text.append(f"  {len(report.unmatched_ranges)} cache entries match no tensor of the model: "
                     + ", ".join(report.unmatched_ranges[:5]) + (" ..." if len(report.unmatched_ranges) > 5 else ""))
@@ -73,6 +106,9 @@ def run(args: argparse.Namespace) -> int:
     if report.skipped_weights:
         text.append(f"  {len(report.skipped_weights)} weights left in float:")
         text += [f"    {node}: {why}" for node, why in list(report.skipped_weights.items())[:5]]
+    counts = report.precision_counts()
+    if report.high_precision == "fp16" and counts and counts.get("fp32", 0) > 0.5 * sum(counts.values()):
+        text.append("  warning: the measured ranges keep most ops in fp32 (fp16 would overflow or underflow); "
+                    "consider --high-precision bf16 (fp32's range) or fp32")
     text += [f"  note: {note}" for note in report.notes]
-    emit(args, data, "\n".join(text))
-    return 0
+    return text

@@ -46,7 +46,6 @@ from ..executors import Executor, plan_shards, report_progress
 from ..executors.shipping import ModelRef, portable_source, worker_cached
 from ..graph import add_outputs
 from ..histogram import TensorHistogram
-from ..precision import float16_layers
 from ..preprocess import DataFingerprint, check_batch_size, iterate_batches
 from ..qdq import QdqOptions, export_qdq
 from ..workload import DataSpec, DataTask, data_source, select_outputs
@@ -265,15 +264,17 @@ def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, 
 @dataclass
 class QdqCandidate:
     """A Q/DQ model as its ranges: small to ship; :func:`~quantlab.qdq.export_qdq` rebuilds it where
-    it runs. ``model``: the one the driver built already (used in place under ``local``; dropped in
-    transit, a worker elsewhere builds its own from the same ranges). ``float16``: the nodes of
-    ``qdq.exclude_nodes`` compute in float16 (:func:`quantlab.precision.float16_layers`), as
-    ``tune`` writes them, so what is scored is what is written."""
+    it runs. ``qdq``: placement, layers kept out of INT8 (``tune``'s fallback layers) and the type of
+    the remainder; ``measured``: the ranges that type it (:class:`~quantlab.qdq.MeasuredRange`).
+    :meth:`build` gives the model that is scored - the float32 model that computes what the typed
+    model stores (its fp16 tensors rounded to fp16), so what is scored is what is written;
+    :meth:`export` gives the typed model to write. ``model``: the scored model the driver built
+    already (used in place under ``local``; dropped in transit, a worker rebuilds it)."""
 
     activations: dict[str, float]
     weights: Optional[dict] = None
     qdq: QdqOptions = QdqOptions()
-    float16: bool = False
+    measured: Optional[dict] = None
     model: Optional[onnx.ModelProto] = field(default=None, repr=False, compare=False)
 
     def __getstate__(self) -> dict:
@@ -281,10 +282,13 @@ class QdqCandidate:
 
     def build(self, graph) -> onnx.ModelProto:
         if self.model is None:
-            self.model, _ = export_qdq(graph, self.activations, self.weights, self.qdq)
-            if self.float16 and self.qdq.exclude_nodes:
-                self.model = float16_layers(self.model, self.qdq.exclude_nodes)
+            self.model, _ = export_qdq(graph, self.activations, self.weights, self.qdq, measured=self.measured,
+                                       emulate=True)
         return self.model
+
+    def export(self, graph) -> onnx.ModelProto:
+        """The typed Q/DQ model these ranges and options write."""
+        return export_qdq(graph, self.activations, self.weights, self.qdq, measured=self.measured)[0]
 
 
 @dataclass

@@ -88,7 +88,7 @@ def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None,
     rows, tables, models = [], {}, {}
     for label, method in methods.items():
         tables[label] = calibrate_statistics(graph, stats, method, policy=policy, data=calib, progress=progress)
-        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights)
+        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights, emulate=True)
     candidates = {label: QdqCandidate(table.activations, table.weights, model=models[label])
                   for label, table in tables.items()}
     results, fingerprint = evaluate_sharded(graph, heldout, candidates, evaluation, executor, progress=progress,

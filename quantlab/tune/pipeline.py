@@ -186,7 +186,7 @@ def _write_outputs(graph, table, data: dict, paths: dict, output: TuneOutput, in
     fallback, high_precision = data["fallback"], data["high_precision"]
     with OutputSet(inputs) as files:
         if paths:
-            written = variant(table, fallback, high_precision).build(graph)
+            written = variant(table, fallback, high_precision).export(graph)
             table.activations = trt_cache_without(table.activations, variant(table, fallback).build(graph), fallback)
             table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
                                                                    "all_int8", "final", "written", "met", "trtexec")}

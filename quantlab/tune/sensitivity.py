@@ -180,8 +180,8 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
 def variant(table: CalibrationTable, floating: Iterable[str], high_precision: str = "fp32") -> QdqCandidate:
     """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ, computing in
     ``high_precision`` (built where it is scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
-    return QdqCandidate(dict(table.activations), dict(table.weights), QdqOptions(exclude_nodes=tuple(floating)),
-                        float16=high_precision == "fp16")
+    return QdqCandidate(dict(table.activations), dict(table.weights),
+                        QdqOptions(exclude_nodes=tuple(floating), high_precision=high_precision))
 
 
 def headline(evaluation: Evaluation) -> tuple[float, float, str]:

@@ -300,7 +300,7 @@ def _judge_whole_models(graph: ModelGraph, tables: dict, labels: list[str], read
     reference = [reference_runner.run(b.inputs) for b in _runs(batch, step)]
     network, alternatives = {}, {}
     for label in labels:
-        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights)
+        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights, emulate=True)
         runner = OrtRunner(model, (), providers)
         got = [runner.run(b.inputs) for b in _runs(batch, step)]
         network[label] = sum(relative_error(np.concatenate([g[n] for g in got]),
