@@ -24,8 +24,12 @@ This module is two small halves:
     squares), so the op stays fp32 where that bound, from the measured input range and N from the
     model's static shapes, passes the overflow threshold. Where N is not static the bound is not
     checked, and the reason says so;
-  - ``scale``: an INT8 layer whose Q/DQ scales (activation or weight) fall below fp16's smallest
-    normal keeps fp32 types (its arithmetic stays INT8): an fp16 scale there would lose precision;
+  - ``scale``: an INT8 layer whose Q/DQ scale (activation; for weights the median over output
+    channels) falls below fp16's smallest normal keeps fp32 types (its arithmetic stays INT8): an
+    fp16 scale there would lose precision. Single channels below it (dead filters) do not count:
+    their fp16 scale moves a dequantized weight by at most 127 * 2**-25 = 3.8e-6, far below the
+    layer's INT8 step; a scale that fp16 would flush to zero is stored as its smallest subnormal
+    (2**-24), since TensorRT refuses a zero scale;
   - ``type``: an op ONNX defines no fp16/bf16 version of (its type constraints), a custom-domain op,
     an op with subgraphs or an explicit output type (``Cast``, ``dtype``) keeps its types.
 
@@ -158,6 +162,7 @@ def decide(model: onnx.ModelProto, measured: Mapping[str, MeasuredRange], high: 
     initializers = {init.name: init for init in graph.initializer}
     origin = _dequantized_origin(model)
     shapes = _static_shapes(model)
+    opset = opset_of(model)
     decisions: dict[int, NodePrecision] = {}
     for index, node in enumerate(graph.node):
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -170,7 +175,7 @@ def decide(model: onnx.ModelProto, measured: Mapping[str, MeasuredRange], high: 
         if high == "fp32":
             decisions[index] = NodePrecision(key, node.op_type, "fp32", int8)
             continue
-        reason = convertible(node, ELEMENT_TYPES[high], initializers)
+        reason = convertible(node, ELEMENT_TYPES[high], initializers, opset)
         if not reason:
             tensors = [origin.get(name, name) for name in data] + [o for o in node.output if o in activations]
             reason = next((why for why in (unsafe_reason(t, measured.get(t), high) for t in tensors) if why), "")
@@ -198,7 +203,7 @@ def qdq_types(model: onnx.ModelProto, decisions: Mapping[int, NodePrecision], me
         return types
     for index, node in enumerate(graph.node):
         if node.op_type == "QuantizeLinear":
-            scale_ok = high != "fp16" or _smallest_scale(initializers.get(node.input[1])) >= FP16_SMALLEST_NORMAL
+            scale_ok = high != "fp16" or _typical_scale(initializers.get(node.input[1])) >= FP16_SMALLEST_NORMAL
             safe = unsafe_reason(node.input[0], measured.get(node.input[0]), high) is None
             kind = high if scale_ok and safe else "fp32"
             types[index] = kind
@@ -212,8 +217,8 @@ def qdq_types(model: onnx.ModelProto, decisions: Mapping[int, NodePrecision], me
     return types
 
 
-def convertible(node: onnx.NodeProto, target: int, initializers: Mapping[str, onnx.TensorProto]) -> str:
-    """'' if ``node`` can compute in ``target`` (its schema allows it), else why not."""
+def convertible(node: onnx.NodeProto, target: int, initializers: Mapping[str, onnx.TensorProto], opset: int) -> str:
+    """'' if ``node`` can compute in ``target`` (its schema at the model's ``opset`` allows it), else why not."""
     label = helper.tensor_dtype_to_string(target).replace("TensorProto.", "").lower()
     if node.domain not in ("", "ai.onnx"):
         return f"{node.op_type}: custom-domain op ({node.domain}), types kept"
@@ -221,7 +226,7 @@ def convertible(node: onnx.NodeProto, target: int, initializers: Mapping[str, on
         return f"{node.op_type}: has subgraphs, types kept"
     if any(a.name in ("to", "dtype") for a in node.attribute) or node.op_type in ("Cast", "CastLike"):
         return f"{node.op_type}: sets its output type explicitly"
-    schema = _schema(node)
+    schema = _schema(node, opset)
     if schema is None:
         return f"{node.op_type}: no ONNX schema"
     params = _float_params(schema, target)
@@ -254,7 +259,8 @@ def retype(model: onnx.ModelProto, precisions: Mapping[int, int], *, check: bool
     types = element_types(result)
     initializers = {init.name: init for init in graph.initializer}
     taken = _all_names(result)
-    bound = {i: _bound_positions(graph.node[i], precisions[i], types, initializers) for i in precisions}
+    bound = {i: _bound_positions(graph.node[i], precisions[i], types, initializers, opset_of(result))
+             for i in precisions}
     # Who reads each name in float32: nodes left as they are, positions a converted node keeps, outputs.
     outside = {o.name for o in graph.output}
     for index, node in enumerate(graph.node):
@@ -284,7 +290,8 @@ def retype(model: onnx.ModelProto, precisions: Mapping[int, int], *, check: bool
                     raise QuantlabError(f"{label} cannot compute in float16: its initializer {name!r} holds values up "
                                         f"to {peak:.4g}, beyond float16's {FP16_MAX:.0f}; keep it in fp32 "
                                         "(`high_precision`)", params=("high_precision",))
-                copy = numpy_helper.from_array(array.astype(helper.tensor_dtype_to_np_dtype(target)), name="")
+                is_scale = node.op_type in ("QuantizeLinear", "DequantizeLinear") and position == 1
+                copy = numpy_helper.from_array(converted(array, target, is_scale), name="")
                 copy.name = _unique(f"{name}_{suffix}", taken)
                 new_initializers.append(copy)
                 available[(name, target)] = node.input[position] = copy.name
@@ -360,14 +367,14 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
             ordered.append(node)
             continue
         target = precisions[index]
-        inputs, outputs = _bound_positions(node, target, types, initializers)
+        inputs, outputs = _bound_positions(node, target, types, initializers, opset_of(result))
         for position in sorted(inputs):
             name = node.input[position]
             if (name, target) not in done:
                 if name in initializers:
                     array = numpy_helper.to_array(initializers[name])
-                    np_type = helper.tensor_dtype_to_np_dtype(target)
-                    copy = numpy_helper.from_array(array.astype(np_type).astype(np.float32), name="")
+                    is_scale = node.op_type in ("QuantizeLinear", "DequantizeLinear") and position == 1
+                    copy = numpy_helper.from_array(converted(array, target, is_scale).astype(np.float32), name="")
                     copy.name = _unique(f"{name}_as_{SUFFIXES[target]}", taken)
                     new_initializers.append(copy)
                     done[(name, target)] = copy.name
@@ -412,7 +419,11 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
 # ----------------------------------------------------------------------------------------- helpers
 
 
-def _schema(node: onnx.NodeProto, opset: int = 100):
+def opset_of(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _schema(node: onnx.NodeProto, opset: int):
     try:
         return onnx.defs.get_schema(node.op_type, opset, node.domain or "")
     except onnx.defs.SchemaError:
@@ -435,13 +446,13 @@ def _float_params(schema, target: int) -> set[str]:
 
 
 def _bound_positions(node: onnx.NodeProto, target: int, types: Mapping[str, int],
-                     initializers: Mapping[str, onnx.TensorProto]) -> tuple[set[int], set[int]]:
+                     initializers: Mapping[str, onnx.TensorProto], opset: int) -> tuple[set[int], set[int]]:
     """The input and output positions of ``node`` that change type: bound to a type parameter that
     holds float32 in this node and allows ``target``."""
-    reason = convertible(node, target, initializers)
+    reason = convertible(node, target, initializers, opset)
     if reason:
         raise QuantlabError(f"node {_key(node)!r} cannot be retyped: {reason}", params=("high_precision",))
-    schema = _schema(node)
+    schema = _schema(node, opset)
     params = _float_params(schema, target)
     holding = set()
     for formals, names in ((schema.inputs, node.input), (schema.outputs, node.output)):
@@ -517,19 +528,30 @@ def _scale_reason(node: onnx.NodeProto, model: onnx.ModelProto, initializers: Ma
         dq = producers.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":
             continue
-        smallest = _smallest_scale(initializers.get(dq.input[1]))
-        if smallest < FP16_SMALLEST_NORMAL:
-            return (f"{_key(node)}: Q/DQ scale {smallest:.3g} of {dq.input[0]!r} is below fp16's smallest normal "
+        typical = _typical_scale(initializers.get(dq.input[1]))
+        if typical < FP16_SMALLEST_NORMAL:
+            return (f"{_key(node)}: Q/DQ scale {typical:.3g} of {dq.input[0]!r} is below fp16's smallest normal "
                     "(INT8 arithmetic kept, fp32 types)")
     return ""
 
 
-def _smallest_scale(init: Optional[onnx.TensorProto]) -> float:
+def _typical_scale(init: Optional[onnx.TensorProto]) -> float:
+    """The median of a Q/DQ scale (one value per tensor, or per output channel)."""
     if init is None:
         return math.inf
     values = np.abs(numpy_helper.to_array(init).astype(np.float64)).ravel()
-    values = values[values > 0]
-    return float(values.min()) if values.size else math.inf
+    return float(np.median(values)) if values.size else math.inf
+
+
+def converted(array: np.ndarray, target: int, scale: bool = False) -> np.ndarray:
+    """``array`` in ``target``'s numpy type; a Q/DQ ``scale`` never rounds to zero (TensorRT refuses
+    a zero scale): values fp16 would flush are stored as its smallest subnormal."""
+    result = array.astype(helper.tensor_dtype_to_np_dtype(target))
+    if scale:
+        tiny = np.array(2.0 ** -24 if target == TensorProto.FLOAT16 else np.finfo(np.float32).tiny,
+                        dtype=result.dtype)
+        result = np.where((result == 0) & (array != 0), tiny, result)
+    return result
 
 
 def _key(node: onnx.NodeProto) -> str:
