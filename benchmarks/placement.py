@@ -229,9 +229,8 @@ def judge(name: str, reference: dict, path: Path, x: np.ndarray) -> dict:
     first = names[0]
     out = {"output": first, **fidelity(reference[first], got[first]),
            "per_output": {n: fidelity(reference[n], got[n]) for n in names}}
-    cls = CLASS_OUTPUTS.get(name, "absent") if name in CLASS_OUTPUTS else "absent"
-    if cls != "absent":
-        cls = cls or first
+    if name in CLASS_OUTPUTS:
+        cls = CLASS_OUTPUTS[name] or first
         out["top1_output"] = cls
         out["top1_agreement"] = float((reference[cls].argmax(-1) == got[cls].argmax(-1)).mean())
     return out

@@ -144,7 +144,7 @@ def test_a_fallback_layer_before_an_output_with_a_wrong_declared_shape_runs_in_f
     spec = DataSpec(str(tmp_path / "calib.npz"),
                     preprocess=Preprocess(resize=model.resize, mean=model.mean, std=model.std))
     table = calibrate(graph, spec, method="max", progress=False).table
-    half = variant(table, ["MatMul.0"], "fp16").build(graph)
+    half = variant(table, ["MatMul.0"], "fp16").export(graph)  # the typed model that is written
     session = ort.InferenceSession(half.SerializeToString(), providers=["CPUExecutionProvider"])
     out = session.run(None, {graph.inputs[0].name: np.zeros((2, 3, 80, 160), np.float32)})[0]
     assert out.shape == (2, 2) and out.dtype == np.float32

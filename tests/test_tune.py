@@ -260,9 +260,9 @@ def test_the_speculative_search_takes_the_steps_of_the_sequential_one(graph, unl
     table = calibrate(method=Method("auto", {"samples": 16}), progress=False).table
     held = HeldOut(graph, DataSpec(str(unlabelled), num_samples=100))
     scorer = Scorer(graph, held, EvalOptions(metric="classification"), progress=False)
-    base = scorer.score({"auto": variant(table, [])})["auto"]
-    ranking = quantized_layers(variant(table, []).build(graph))[::-1]
-    found = {lookahead: search(ranking, base, lambda chosen: variant(table, chosen), scorer, 0.0, 5, lookahead)
+    base = scorer.score({"auto": variant(table, [], "fp16")})["auto"]
+    ranking = quantized_layers(variant(table, [], "fp16").build(graph))[::-1]
+    found = {lookahead: search(ranking, base, lambda chosen: variant(table, chosen, "fp16"), scorer, 0.0, 5, lookahead)
              for lookahead in (1, 4)}
     assert found[1].path == found[4].path and found[1].fallback == found[4].fallback
     assert found[4].passes < found[1].passes

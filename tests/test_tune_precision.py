@@ -257,7 +257,8 @@ def test_cache_keeps_the_residual_skip_a_residual_qdq_model_quantizes(graph, ama
     # The expansion Conv's input is also the skip of the next residual Add.
     expand = "/features/features.4/block/block.0/Conv"
     skip = "/features/features.3/block/block.6/Conv_output_0"
-    residual = export_qdq(graph, amax, None, QdqOptions(exclude_nodes=[expand], placement="residual", high_precision="fp32"))[0]
+    options = QdqOptions(exclude_nodes=[expand], placement="residual", high_precision="fp32")
+    residual = export_qdq(graph, amax, None, options)[0]
     assert skip not in trt_cache_without(amax, graph.model, [expand])
     assert skip in trt_cache_without(amax, residual, [expand])
 

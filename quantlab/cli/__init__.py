@@ -20,7 +20,7 @@ from typing import Optional
 from .. import __version__, defaults
 from ..atomic import protect_inputs, reset_written, written_files
 from ..errors import QuantlabError, Terminated
-from . import build, cache, calibrate, collect, compare, export_qdq, merge_stats, sweep, tune
+from . import build, cache, calibrate, collect, compare, export_qdq, merge_stats, qdq, sweep, tune
 from .args import flag_spelling
 
 __all__ = ["build_parser", "run"]
@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quantlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (calibrate, collect, merge_stats, export_qdq, compare, sweep, tune, build, cache):
+    for command in (calibrate, collect, merge_stats, export_qdq, qdq, compare, sweep, tune, build, cache):
         command.add_parser(sub)
     return parser
 

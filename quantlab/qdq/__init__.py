@@ -11,7 +11,9 @@ type its ONNX tensors have, so a Q/DQ model *is* the engine's precision plan:
 """
 
 from .export import PLACEMENTS, QUANTIZED_OPS, QdqOptions, QdqReport, export_qdq
+from .lint import LintResult, lint
+from .plan import PrecisionPlan, precision_plan
 from .remainder import FP16_MAX, HIGH_PRECISIONS, MeasuredRange, measured_ranges
 
-__all__ = ["FP16_MAX", "HIGH_PRECISIONS", "PLACEMENTS", "QUANTIZED_OPS", "MeasuredRange", "QdqOptions", "QdqReport",
-           "export_qdq", "measured_ranges"]
+__all__ = ["FP16_MAX", "HIGH_PRECISIONS", "PLACEMENTS", "QUANTIZED_OPS", "LintResult", "MeasuredRange",
+           "PrecisionPlan", "QdqOptions", "QdqReport", "export_qdq", "lint", "measured_ranges", "precision_plan"]

@@ -72,7 +72,7 @@ class QdqReport:
         return counts
 
     def fp32_reasons(self) -> dict[str, str]:
-        """Nodes kept in fp32 while the rest is fp16/bf16, with the measured reason."""
+        """Nodes kept in fp32 while the rest is fp16/bf16, with the reason (a measured range, a scale, a type)."""
         return {node: d.reason for node, d in self.precisions.items() if d.precision == "fp32" and d.reason}
 
     def summary(self) -> str:
@@ -82,7 +82,7 @@ class QdqReport:
         reasons = self.fp32_reasons()
         if reasons and self.high_precision != "fp32":
             shown = "; ".join(reason for reason in list(reasons.values())[:3])
-            text += f" - fp32 where measured: {shown}" + (" ..." if len(reasons) > 3 else "")
+            text += f" - fp32: {shown}" + (" ..." if len(reasons) > 3 else "")
         return text
 
     def to_dict(self) -> dict:

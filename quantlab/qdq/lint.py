@@ -6,8 +6,8 @@ reformat, breaks a fusion or leaves a layer in float, silently. :func:`lint` rea
 way TensorRT's Q/DQ fusions do and says, per node, what will go wrong and what to do about it.
 
 Severities: an **error** is something TensorRT cannot build or fuse as the model intends
-(asymmetric or uint8 quantization, a Q nothing dequantizes, a pair between a Conv and its
-activation); a **warning** is something slower or less exact than it could be (a pair before an
+(asymmetric or uint8 quantization, an int32 bias DequantizeLinear, a Q nothing dequantizes, a pair
+between a Conv and its activation); a **warning** is something slower or less exact than it could be (a pair before an
 op with no INT8 kernel, a one-sided residual, per-tensor weights, fp32 compute). The exit code
 follows ``quantlab cache lint``: 0 clean, 1 warnings only, 2 any error.
 
@@ -16,8 +16,9 @@ follows ``quantlab cache lint``: 0 clean, 1 warnings only, 2 any error.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Optional
 
 import numpy as np
 import onnx
@@ -33,6 +34,7 @@ from .plan import (
     node_key,
     plan_from_index,
 )
+from .remainder import FP16_SMALLEST_NORMAL
 
 ERROR, WARNING = "error", "warning"
 # ONNX Runtime's integer-operator ("QOperator") format: TensorRT parses none of it.
@@ -101,12 +103,13 @@ class LintResult:
                 "findings": [f.to_dict() for f in self.findings]}
 
 
-def lint(model: onnx.ModelProto) -> LintResult:
+def lint(model: onnx.ModelProto, *, input_shapes: Optional[Mapping[str, Sequence[int]]] = None) -> LintResult:
     """Every finding of every rule in :data:`RULES` on ``model``. A float model, or one in ONNX
-    Runtime's integer-operator format, is refused (QuantlabError): there is no Q/DQ to lint."""
+    Runtime's integer-operator format, is refused (QuantlabError): there is no Q/DQ to lint.
+    ``input_shapes`` fixes the shapes FLOPs are counted at (see :func:`~quantlab.qdq.plan.node_flops`)."""
     _refuse_unsupported(model)
     index = GraphIndex.of(model)
-    plan = plan_from_index(index)
+    plan = plan_from_index(index, input_shapes=input_shapes)
     findings = [finding for check in RULES.values() for finding in check(index, plan)]
     nodes = index.nodes
     pairs = sum(1 for i, n in enumerate(nodes) if n.op_type == "QuantizeLinear"
@@ -126,12 +129,12 @@ def _refuse_unsupported(model: onnx.ModelProto) -> None:
             f"the model is in ONNX Runtime's integer-operator (QOperator) format ({', '.join(integer)}): "
             "TensorRT builds INT8 only from QuantizeLinear/DequantizeLinear pairs. Quantize the float model in "
             "Q/DQ format instead: ONNX Runtime's quantize_static(..., quant_format=QuantFormat.QDQ), or "
-            "`quantlab export-qdq MODEL --cache CACHE -o OUT.qdq.onnx`")
+            "quantlab export-qdq MODEL --cache CACHE -o OUT.qdq.onnx")
     if not QDQ_OPS & set(ops):
         raise QuantlabError(
             "the model has no Q/DQ nodes (QuantizeLinear/DequantizeLinear): it is a float model, so there is "
-            "nothing to lint. Quantize it first: `quantlab calibrate MODEL -o MODEL.qdq.onnx` or "
-            "`quantlab export-qdq MODEL --cache CACHE -o OUT.qdq.onnx`")
+            "nothing to lint. Quantize it first: quantlab calibrate MODEL -o MODEL.qdq.onnx, or "
+            "quantlab export-qdq MODEL --cache CACHE -o OUT.qdq.onnx")
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -146,12 +149,12 @@ def _qdq(index: GraphIndex, in_scope: bool = True) -> list[int]:
     return [i for i, n in enumerate(index.nodes) if n.op_type in QDQ_OPS and index.is_int8(i) == in_scope]
 
 
-def _scale(index: GraphIndex, node: onnx.NodeProto):
+def _scale(index: GraphIndex, node: onnx.NodeProto) -> Optional[np.ndarray]:
     """The scale of a Q/DQ node as an array, None where it is not a constant."""
     return index.value(node.input[1]) if len(node.input) > 1 else None
 
 
-def _conv_behind(index: GraphIndex, name: str) -> int | None:
+def _conv_behind(index: GraphIndex, name: str) -> Optional[int]:
     """The Conv/ConvTranspose that writes ``name``, directly or through a BatchNormalization
     (which TensorRT folds into it); None if none."""
     p = index.producer.get(name)
@@ -164,7 +167,7 @@ def _is_quantized(index: GraphIndex, name: str) -> bool:
     return index.dq_source(name) is not None
 
 
-def _activation_after_conv_pair(index: GraphIndex, q: int) -> tuple[int, list[int]] | None:
+def _activation_after_conv_pair(index: GraphIndex, q: int) -> Optional[tuple[int, list[int]]]:
     """For a QuantizeLinear between a Conv and its activation: (the Conv, the activations that read
     the pair's DequantizeLinear); None otherwise."""
     node = index.nodes[q]
@@ -187,8 +190,7 @@ def rule_opset(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     """``opset``: per-channel Q/DQ (an ``axis`` or a scale of several values) need opset 13."""
     if index.opset >= 13:
         return []
-    offenders = [i for i, n in enumerate(index.nodes) if n.op_type in QDQ_OPS and (
-        any(a.name == "axis" for a in n.attribute) or (s := _scale(index, n)) is not None and s.size > 1)]
+    offenders = [i for i, n in enumerate(index.nodes) if n.op_type in QDQ_OPS and _per_channel(index, n)]
     if not offenders:
         return []
     first = index.nodes[offenders[0]]
@@ -197,6 +199,14 @@ def rule_opset(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
                      f"{index.opset} model: per-channel QuantizeLinear/DequantizeLinear exist from opset 13, and "
                      "TensorRT's parser reads them only there; convert the model "
                      "(onnx.version_converter.convert_version(model, 13)) or re-export it at opset 13 or later")]
+
+
+def _per_channel(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Is a Q/DQ node per-channel: an ``axis``, or a constant scale of several values?"""
+    if any(a.name == "axis" for a in node.attribute):
+        return True
+    scale = _scale(index, node)
+    return scale is not None and scale.size > 1
 
 
 def rule_dangling_q(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
@@ -234,8 +244,9 @@ def rule_dangling_dq(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
             what = index.nodes[p].op_type if p is not None else "no node"
             findings.append(_finding(ERROR, "dangling-dq", node,
                                      f"DequantizeLinear {node_key(node)!r} dequantizes {source!r}, which comes "
-                                     f"from {what}, not from a QuantizeLinear or a constant: TensorRT cannot give "
-                                     "it a scale to fuse; pair it with a QuantizeLinear of the same scale"))
+                                     f"from {what}, not from a QuantizeLinear or a constant: TensorRT has no INT8 "
+                                     "tensor to dequantize there; pair it with a QuantizeLinear of the same scale "
+                                     "or remove it"))
     return findings
 
 
@@ -246,8 +257,8 @@ def rule_no_int8_kernel(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]
     ``qdq-between-conv-and-activation`` error instead."""
     covered = set()
     for q in _qdq(index):
-        hit = index.nodes[q].op_type == "QuantizeLinear" and _activation_after_conv_pair(index, q)
-        if hit:
+        hit = _activation_after_conv_pair(index, q) if index.nodes[q].op_type == "QuantizeLinear" else None
+        if hit is not None:
             covered.update(hit[1])
     findings, seen = [], set()
     for i in _qdq(index):
@@ -282,7 +293,7 @@ def rule_residual_one_side(index: GraphIndex, plan: PrecisionPlan) -> list[Findi
         fused = max(convs, key=convs.get)  # TensorRT fuses the Add into the later conv
         conv = index.nodes[convs[fused]]
         skip = node.input[1] if node.input[0] == fused else node.input[0]
-        if not _is_quantized(index, conv.input[0]) or _is_quantized(index, skip):
+        if skip == fused or not _is_quantized(index, conv.input[0]) or _is_quantized(index, skip):
             continue
         findings.append(_finding(WARNING, "residual-one-side", node,
                                  f"Add {node_key(node)!r} adds INT8 Conv {node_key(conv)!r} to float tensor "
@@ -368,10 +379,12 @@ def rule_weight_per_tensor(index: GraphIndex, plan: PrecisionPlan) -> list[Findi
 
 def rule_zero_point(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     """``zero-point``: TensorRT quantizes symmetrically to int8 only: a uint8 Q/DQ or a non-zero zero
-    point cannot be built as written."""
+    point cannot be built as written. A pair is reported once, on its QuantizeLinear."""
     findings = []
     for i in _qdq(index):
         node = index.nodes[i]
+        if _same_zero_point_as_its_quantize(index, node):
+            continue
         label = f"{node.op_type} {node_key(node)!r}"
         if index.quantized_type(node) == TensorProto.UINT8:
             findings.append(_finding(ERROR, "zero-point", node,
@@ -390,6 +403,35 @@ def rule_zero_point(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     return findings
 
 
+def _same_zero_point_as_its_quantize(index: GraphIndex, node: onnx.NodeProto) -> bool:
+    """Is ``node`` a DequantizeLinear right after a QuantizeLinear of the same zero point (whose
+    finding then covers the pair)?"""
+    p = index.producer.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+    if p is None or index.nodes[p].op_type != "QuantizeLinear":
+        return False
+    q = index.nodes[p]
+    mine, theirs = (n.input[2] if len(n.input) > 2 else "" for n in (node, q))
+    if mine == theirs:
+        return True
+    a, b = index.value(mine), index.value(theirs)
+    return a is not None and b is not None and a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def rule_int32_bias(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
+    """``int32-bias``: an int32 DequantizeLinear (ONNX Runtime's quantized Conv/Gemm bias): TensorRT's
+    parser rejects it (only activation types may enter a DequantizeLinear; onnx-tensorrt #850)."""
+    found = [i for i, n in enumerate(index.nodes) if n.op_type == "DequantizeLinear"
+             and index.quantized_type(n) == TensorProto.INT32]
+    if not found:
+        return []
+    first = index.nodes[found[0]]
+    return [_finding(ERROR, "int32-bias", first,
+                     f"{len(found)} DequantizeLinear node(s) dequantize int32 tensors (first: {node_key(first)!r}), "
+                     "ONNX Runtime's quantized biases: TensorRT's parser rejects a DequantizeLinear of int32 and "
+                     "quantizes biases itself; keep biases in float (ONNX Runtime: quantize_static(..., "
+                     "extra_options={'QuantizeBias': False}))")]
+
+
 def rule_scale_type(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     """``scale-type``: a Q/DQ scale must be float32, float16 or bfloat16 (TensorRT has no float64)."""
     findings = []
@@ -406,9 +448,36 @@ def rule_scale_type(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     return findings
 
 
+def rule_scale_value(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
+    """``scale-value``: a zero, negative or non-finite scale is an error (TensorRT refuses it); an fp16
+    scale whose typical (median) value is below fp16's smallest normal (6.1e-05) is a warning: fp16
+    keeps fewer significant bits there. Single subnormal channels (dead filters) do not count."""
+    findings = []
+    for i in _qdq(index):
+        node = index.nodes[i]
+        scale = _scale(index, node)
+        if scale is None or not scale.size:
+            continue
+        values = np.asarray(scale, np.float64).ravel()
+        label = f"{node.op_type} {node_key(node)!r}"
+        if not np.all(np.isfinite(values)) or np.any(values <= 0):
+            bad = values[~np.isfinite(values) | (values <= 0)][0]
+            findings.append(_finding(ERROR, "scale-value", node,
+                                     f"{label} has scale {bad:g}: TensorRT needs finite, positive scales; "
+                                     "recalibrate the tensor (an all-zero tensor needs no Q/DQ) or give the "
+                                     "channel the smallest positive scale"))
+        elif scale.dtype == np.float16 and float(np.median(values)) < FP16_SMALLEST_NORMAL:
+            findings.append(_finding(WARNING, "scale-value", node,
+                                     f"{label} has float16 scales around {float(np.median(values)):.3g}, below "
+                                     f"fp16's smallest normal {FP16_SMALLEST_NORMAL:.3g}: fp16 stores them with "
+                                     "fewer significant bits; store this scale as float32"))
+    return findings
+
+
 def rule_out_of_scope(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
-    """``out-of-scope``: int4, fp8 and other non-int8 Q/DQ are noted once and otherwise not linted."""
-    others = _qdq(index, in_scope=False)
+    """``out-of-scope``: int4, fp8 and other non-int8 Q/DQ (int32 biases aside: ``int32-bias``) are
+    noted once and otherwise not linted."""
+    others = [i for i in _qdq(index, in_scope=False) if index.quantized_type(index.nodes[i]) != TensorProto.INT32]
     if not others:
         return []
     kinds = sorted({TensorProto.DataType.Name(index.quantized_type(index.nodes[i])).lower() for i in others})
@@ -488,6 +557,8 @@ RULES: dict[str, Callable[[GraphIndex, PrecisionPlan], Sequence[Finding]]] = {
     "weight-per-tensor": rule_weight_per_tensor,
     "zero-point": rule_zero_point,
     "scale-type": rule_scale_type,
+    "scale-value": rule_scale_value,
+    "int32-bias": rule_int32_bias,
     "out-of-scope": rule_out_of_scope,
     "fp32-region": rule_fp32_region,
     "unquantized-layer": rule_unquantized_layer,

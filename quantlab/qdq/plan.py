@@ -519,33 +519,45 @@ def fusion_groups(index: GraphIndex, computing: Sequence[int]) -> dict[int, str]
 def fused_after(index: GraphIndex, i: int) -> list[int]:
     """The nodes fused into layer ``i``: for a Conv an optional BatchNormalization, Add and activation,
     in that order; for a Gemm/MatMul an optional bias Add (a constant) and activation. Each must be
-    the only reader of the tensor before it (a tensor read twice must be written out)."""
+    the only reader of the tensor before it (a tensor read twice must be written out), and an INT8
+    Conv takes in an Add only when the Add's other input is quantized too."""
     node = index.nodes[i]
     steps = (("BatchNormalization",), ("Add",), tuple(ACTIVATIONS)) if node.op_type in ("Conv", "ConvTranspose") \
         else (("Add",), tuple(ACTIVATIONS))
     members: list[int] = []
     current = node.output[0]
     for allowed in steps:
-        nxt = _sole_reader(index, current)
+        nxt, read = _sole_reader(index, current)
         if nxt is None or index.nodes[nxt].op_type not in allowed:
             continue
         candidate = index.nodes[nxt]
-        if candidate.op_type == "Add" and node.op_type in ("Gemm", "MatMul") and \
-                all(n in index.data for n in candidate.input if n):
-            continue  # an Add of two activations is no bias
+        if candidate.op_type == "Add" and not _fusable_add(index, node, candidate, read):
+            break
         members.append(nxt)
         current = candidate.output[0]
     return members
 
 
-def _sole_reader(index: GraphIndex, name: str) -> Optional[int]:
-    """The one node that reads ``name`` (looking through float Casts), None if several or a graph output."""
+def _fusable_add(index: GraphIndex, layer: onnx.NodeProto, add: onnx.NodeProto, reaching: str) -> bool:
+    """Does TensorRT fuse ``add`` (which reads ``reaching``, the layer's result) into ``layer``? A
+    Gemm/MatMul takes in a bias (a constant); a Conv a residual, quantized where the Conv is INT8."""
+    others = [n for n in add.input if n and n != reaching]
+    if layer.op_type in ("Gemm", "MatMul"):
+        return any(n not in index.data for n in others)
+    if not _runs_int8(index, layer):
+        return True
+    return all(n not in index.data or index.dq_source(n) is not None for n in others)
+
+
+def _sole_reader(index: GraphIndex, name: str) -> tuple[Optional[int], str]:
+    """The one node that reads ``name`` (looking through float Casts) and the tensor it reads; None
+    if several read it or it is a graph output."""
     while True:
         readers = index.readers.get(name, ())
         if len(readers) != 1 or name in index.graph_outputs:
-            return None
+            return None, name
         node = index.nodes[readers[0]]
         if node.op_type == "Cast" and index.passes_through(node):
             name = node.output[0]
             continue
-        return readers[0]
+        return readers[0], name

@@ -38,7 +38,7 @@ from ..evaluation.options import EvalOptions
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import make_header
 from ..precision import FP16_MAX, trt_cache_without, trtexec_command
-from ..qdq import QUANTIZED_OPS
+from ..qdq import QUANTIZED_OPS, measured_ranges
 from ..report import Report, bar_figure
 from ..workload import DataSpec, ModelSource, data_source, resolve_model
 from .auto import AUTO, AUTO_CANDIDATES
@@ -87,7 +87,9 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     stats = collect_statistics(graph, calib, replace(collect, tensors="all"), progress=progress, executor=executor)
     table = calibrate_statistics(graph, stats, Method(AUTO, {"samples": search.auto_samples}), policy=policy,
                                  data=calib, progress=progress)
-    base_model = variant(table, [])
+    measured = measured_ranges(stats.tensors)
+    table.provenance["measured"] = {name: measured[name].to_dict() for name in sorted(measured)}
+    base_model = variant(table, [], budget.high_precision)
     layers = quantized_layers(base_model.build(graph))
     if not layers:
         raise QuantlabError("the model has no named Conv/ConvTranspose/Gemm/MatMul layer to quantize, so there is "
@@ -98,7 +100,8 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     _, per_run = held.activation_sizes(evaluation.providers)
     scorer = Scorer(graph, held, evaluation, per_run, progress, executor=executor)
     compare_methods = output.report is not None if search.compare_methods is None else search.compare_methods
-    singles = {method.label: variant(calibrate_statistics(graph, stats, method, policy=policy), [])
+    singles = {method.label: variant(_with_measured(calibrate_statistics(graph, stats, method, policy=policy), table),
+                                     [], budget.high_precision)
                for method in map(Method.of, AUTO_CANDIDATES if compare_methods else ())}
     first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto" + (" and every method" if singles else ""))
     base = first[AUTO]
@@ -155,6 +158,12 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     return data
 
 
+def _with_measured(single, table):
+    """A single method's table typed from the same measured ranges as ``table``."""
+    single.provenance["measured"] = table.provenance["measured"]
+    return single
+
+
 def _scores(evaluation) -> dict:
     """An evaluation's row in the result: its score, drop against FP32 (points) and first output's SQNR."""
     return {"score": headline(evaluation)[0], "drop": drop_points(evaluation), "sqnr_db": first_sqnr(evaluation)}
@@ -187,7 +196,8 @@ def _write_outputs(graph, table, data: dict, paths: dict, output: TuneOutput, in
     with OutputSet(inputs) as files:
         if paths:
             written = variant(table, fallback, high_precision).export(graph)
-            table.activations = trt_cache_without(table.activations, variant(table, fallback).build(graph), fallback)
+            table.activations = trt_cache_without(table.activations, variant(table, fallback, "fp32").build(graph),
+                                                 fallback)
             table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
                                                                    "all_int8", "final", "written", "met", "trtexec")}
             header = make_header(output.trt_version, "EntropyCalibration2")

@@ -43,7 +43,7 @@ from ..evaluation.options import EvalOptions
 from ..executors import Executor
 from ..graph import ModelGraph
 from ..preprocess import DataFingerprint
-from ..qdq import QUANTIZED_OPS, QdqOptions
+from ..qdq import QUANTIZED_OPS, MeasuredRange, QdqOptions
 from ..table import CalibrationTable
 from ..workload import select_outputs
 
@@ -177,11 +177,13 @@ def quantized_layers(model: onnx.ModelProto) -> list[str]:
             if node.op_type in QUANTIZED_OPS and node.name and any(i in dequantized for i in node.input[:2])]
 
 
-def variant(table: CalibrationTable, floating: Iterable[str], high_precision: str = "fp32") -> QdqCandidate:
-    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ, computing in
-    ``high_precision`` (built where it is scored: :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
+def variant(table: CalibrationTable, floating: Iterable[str], high_precision: str) -> QdqCandidate:
+    """The Q/DQ model of ``table`` with the layers ``floating`` left without Q/DQ, and everything
+    outside INT8 typed ``high_precision`` from the table's measured ranges (built where it is scored:
+    :meth:`~quantlab.evaluation.engine.QdqCandidate.build`)."""
+    measured = {name: MeasuredRange.from_dict(value) for name, value in table.provenance.get("measured", {}).items()}
     return QdqCandidate(dict(table.activations), dict(table.weights),
-                        QdqOptions(exclude_nodes=tuple(floating), high_precision=high_precision))
+                        QdqOptions(exclude_nodes=tuple(floating), high_precision=high_precision), measured or None)
 
 
 def headline(evaluation: Evaluation) -> tuple[float, float, str]:
@@ -218,13 +220,13 @@ class Sensitivity:
 
 def analyse(graph: ModelGraph, table: CalibrationTable, scorer: Scorer, layers: Sequence[str],
             base: Optional[Evaluation] = None, *, only_quantized: bool = True,
-            high_precision: str = "fp32") -> Sensitivity:
+            high_precision: str = "fp16") -> Sensitivity:
     """Score every layer alone in float (``high_precision``; and alone quantized) and rank them
     (module docstring). ``base``: the all-INT8 model's score on the scorer's samples; None scores it
     in the same passes."""
     models = {f"float:{layer}": variant(table, [layer], high_precision) for layer in layers}
     if base is None:
-        models["base"] = variant(table, [])
+        models["base"] = variant(table, [], high_precision)
     if only_quantized:
         for layer in layers:
             models[f"int8:{layer}"] = variant(table, [other for other in layers if other != layer], high_precision)
