@@ -16,12 +16,16 @@ from onnx import TensorProto, helper, numpy_helper
 from quantlab.calibrate import calibrate
 from quantlab.errors import DataError, ModelError
 from quantlab.graph import load_model, upgrade_opset
-from quantlab.qdq import export_qdq
+from quantlab.qdq import QdqOptions, export_qdq
 from quantlab.workload import DataSpec
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)
 B = RNG.standard_normal(4).astype(np.float32)
+
+# These graphs are about how weights are found and quantized: the placement that quantizes every
+# compute input (no small-layer rule on these tiny layers) and an fp32 remainder.
+WEIGHTS_ONLY = QdqOptions(placement="compute", high_precision="fp32")
 
 
 def conv_model(*, batch="N", opset=13, weight_as="initializer", extra_nodes=(), extra_outputs=(),
@@ -76,7 +80,7 @@ def images(n=16) -> np.ndarray:
 def test_weights_given_through_constant_nodes_or_identity_chains_are_quantized(tmp_path, weight_as):
     graph = load_model(save(conv_model(weight_as=weight_as), tmp_path))
     assert [(w.name, w.axis) for w in graph.weights] == [("W", 0)]
-    model, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0})
+    model, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0}, None, WEIGHTS_ONLY)
     assert report.quantized_weights == ["W"]
     assert any(n.op_type == "DequantizeLinear" and n.output[0].endswith("weight_dequantized") for n in model.graph.node)
 
@@ -98,7 +102,7 @@ def test_the_users_file_is_never_modified(tmp_path):
     path = save(conv_model(weight_as="constant"), tmp_path)
     before = path.read_bytes()
     graph = load_model(path)
-    export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0})
+    export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0}, None, WEIGHTS_ONLY)
     assert path.read_bytes() == before
     assert graph.sha256 == __import__("hashlib").sha256(before).hexdigest()
 
@@ -106,7 +110,7 @@ def test_the_users_file_is_never_modified(tmp_path):
 def test_an_already_quantized_weight_is_reported_by_name_not_skipped_silently(tmp_path):
     graph = load_model(save(conv_model(weight_as="dequantized"), tmp_path))
     assert graph.weights == [] and "already quantized" in graph.unquantizable_weights["conv"]
-    _, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0})
+    _, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0}, None, WEIGHTS_ONLY)
     assert "conv" in report.skipped_weights and report.quantized_weights == []
 
 
@@ -118,7 +122,7 @@ def test_matmul_with_a_constant_left_operand_is_quantized_along_its_rows(tmp_pat
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
     loaded = load_model(save(model, tmp_path))
     assert [(s.name, s.index, s.axis) for s in loaded.weights] == [("W", 0, 0)]
-    qdq, report = export_qdq(loaded, {"x": 3.0, "y": 10.0})
+    qdq, report = export_qdq(loaded, {"x": 3.0, "y": 10.0}, None, WEIGHTS_ONLY)
     assert report.quantized_weights == ["W"]
     result = ort.InferenceSession(qdq.SerializeToString(), providers=["CPUExecutionProvider"]).run(
         None, {"x": RNG.random((2, 4, 6), dtype=np.float32)})[0]
@@ -130,7 +134,7 @@ def test_matmul_with_a_constant_left_operand_is_quantized_along_its_rows(tmp_pat
 
 def test_an_opset_11_model_is_brought_to_13_for_export_and_says_so(tmp_path):
     graph = load_model(save(conv_model(opset=11), tmp_path))
-    model, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0})
+    model, report = export_qdq(graph, {"x": 1.0, "c": 4.0, "y": 4.0}, None, WEIGHTS_ONLY)
     assert next(o.version for o in model.opset_import if o.domain == "") == 13
     assert any("opset 11 to 13" in note for note in report.notes)
     onnx.checker.check_model(model)
@@ -242,7 +246,7 @@ def test_a_weight_shared_by_two_convs_is_quantized_once_and_used_by_both(tmp_pat
                               [out("y")], [numpy_helper.from_array(W, "W")])
     loaded = load_model(save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), tmp_path))
     assert [spec.node for spec in loaded.weights] == ["conv_a", "conv_b"]
-    model, report = export_qdq(loaded, {"x": 1.0, "a": 4.0, "b": 4.0, "y": 8.0})
+    model, report = export_qdq(loaded, {"x": 1.0, "a": 4.0, "b": 4.0, "y": 8.0}, None, WEIGHTS_ONLY)
     assert report.quantized_weights == ["W"]
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] == convs[1].input[1] == "W_weight_dequantized"

@@ -18,7 +18,7 @@ from quantlab.calibrate import calibrate
 from quantlab.data import read_idx
 from quantlab.evaluation.engine import OrtRunner, execution_verdict
 from quantlab.graph import load_model
-from quantlab.qdq import export_qdq
+from quantlab.qdq import QdqOptions, export_qdq
 from quantlab.workload import DataSpec
 
 
@@ -26,7 +26,9 @@ from quantlab.workload import DataSpec
 def quantized():
     graph = load_model(defaults.MODEL)
     table = calibrate(graph, DataSpec(num_samples=128), method="percentile", progress=False).table
-    model, _ = export_qdq(graph, table.activations, table.weights)
+    # INT8 layers against an integer reference: every compute input quantized, nothing else rounded.
+    exact = QdqOptions(placement="compute", high_precision="fp32")
+    model, _ = export_qdq(graph, table.activations, table.weights, exact)
     images = read_idx(defaults.HELDOUT_DATA)[:8].astype(np.float32)[:, None] / 255
     return graph, model, images
 

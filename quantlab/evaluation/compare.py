@@ -24,7 +24,7 @@ from ..atomic import check_output_folder
 from ..errors import QuantlabError
 from ..formats.ranges import RangeFile, read_ranges
 from ..preprocess import DataFingerprint
-from ..qdq import QdqOptions, export_qdq
+from ..qdq import MeasuredRange, QdqOptions, export_qdq, precision_plan
 from ..report import Report, histogram_figure, sqnr_figure
 from ..workload import DataSpec, ModelSource, resolve_model, select_outputs, table_path_for
 from .engine import OrtRunner, TensorErrors, check_arithmetic, evaluate, execution_verdict, tensor_errors
@@ -82,13 +82,18 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     if report is not None:
         check_output_folder(report)
     ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
-    weights = None
+    weights = measured = None
     if ranges.format == "quantlab":
         table = ranges.extra["table"]
         table.check_model(graph.sha256, graph.activations)
         weights = table.weights
-    qdq_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq)
-    qdq_bytes = qdq_model.SerializeToString()
+        measured = {name: MeasuredRange.from_dict(v) for name, v in table.provenance.get("measured", {}).items()}
+    # The typed model is what is written (and what a TensorRT backend builds); the scored model
+    # computes what it stores (fp16 tensors rounded to fp16), with the same tensor names.
+    typed_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None)
+    qdq_model, _ = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None, emulate=True)
+    qdq_bytes = typed_model.SerializeToString()
+    plan = precision_plan(typed_model)
     output_names = select_outputs(graph, evaluation.outputs)
     inputs = {s.name for s in graph.inputs}
     internal = [name for name in graph.activations if name not in inputs and name not in output_names]
@@ -132,6 +137,8 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256,
                   "size_bytes": fp32_size},
         "int8_model": {"size_bytes": len(qdq_bytes), "placement": qdq.placement,
+                       "qdq": qdq_report.to_dict(), "precision_plan": {k: v for k, v in plan.to_dict().items()
+                                                                        if k != "nodes"},
                        "quantized_activations": len(qdq_report.quantized_activations),
                        "quantized_weights": len(qdq_report.quantized_weights),
                        "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},
@@ -240,6 +247,14 @@ def _compare_report(data: dict, histograms: dict, thresholds: dict) -> Report:
                   f"{data['execution']['verdict']}. Latency: median of {lat['fp32'].get('runs', '?')} runs after "
                   f"{lat['fp32'].get('warmup_runs', '?')} warm-up runs, {lat['fp32'].get('intra_op_threads', '?')} "
                   "ONNX Runtime threads.")
+    doc.heading("Precision plan on TensorRT 11")
+    q, expected = data["int8_model"]["qdq"], data["int8_model"]["precision_plan"]
+    doc.paragraph(f"Placement `{q['placement']}`, remainder `{q['high_precision']}`: "
+                  + ", ".join(f"{n} ops {p}" for p, n in q["precision_counts"].items())
+                  + f". Expected on TensorRT 11: {expected['headline']}. The scores above are those of this "
+                  "typed model (its fp16 tensors rounded to fp16, INT8 exact).")
+    if q["fp32"]:
+        doc.table(["kept in fp32", "why"], [[node, why] for node, why in list(q["fp32"].items())[:20]])
     doc.heading("Tensors that lose the most (lowest SQNR)")
     doc.table(["tensor", "SQNR dB"], [[t["tensor"], t["sqnr_db"]] for t in data["worst_tensors"]])
     doc.figure(sqnr_figure(data["tensors"]))

@@ -28,7 +28,7 @@ from ..calibrate import (
 from ..errors import QuantlabError
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import DEFAULT_TRT_VERSION, make_header
-from ..qdq import export_qdq
+from ..qdq import export_qdq, measured_ranges
 from ..report import Report, bar_figure, histogram_figure
 from ..workload import DataSpec, ModelSource, data_source, resolve_model, select_outputs
 from .engine import QdqCandidate, check_arithmetic, evaluate_sharded
@@ -86,10 +86,12 @@ def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None,
     stats = collect_statistics(graph, calib, collect, progress=progress, executor=executor)
     select_outputs(graph, evaluation.outputs)
     rows, tables, models = [], {}, {}
+    measured = measured_ranges(stats.tensors)  # types the remainder of every method's model, as calibrate does
     for label, method in methods.items():
         tables[label] = calibrate_statistics(graph, stats, method, policy=policy, data=calib, progress=progress)
-        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights, emulate=True)
-    candidates = {label: QdqCandidate(table.activations, table.weights, model=models[label])
+        models[label], _ = export_qdq(graph, tables[label].activations, tables[label].weights, measured=measured,
+                                      emulate=True)
+    candidates = {label: QdqCandidate(table.activations, table.weights, measured=measured, model=models[label])
                   for label, table in tables.items()}
     results, fingerprint = evaluate_sharded(graph, heldout, candidates, evaluation, executor, progress=progress,
                                             desc=f"evaluating {len(candidates)} methods")

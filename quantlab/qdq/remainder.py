@@ -384,7 +384,8 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
                     done[(name, target)] = rounded_name
             node.input[position] = done[(name, target)]
         ordered.append(node)
-        if node.op_type == "DequantizeLinear":
+        if node.op_type == "DequantizeLinear":  # read as it is by the INT8 layer TensorRT fuses it into
+            done.update(((name, target), name) for name in node.output)
             continue
         for position in sorted(outputs):
             name = node.output[position]

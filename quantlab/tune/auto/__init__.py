@@ -53,7 +53,7 @@ from ...errors import CalibratorError, DataError, QuantlabError
 from ...evaluation.engine import OrtRunner, activation_bytes
 from ...graph import ModelGraph
 from ...preprocess import iterate_batches, select_indices
-from ...qdq import QUANTIZED_OPS, export_qdq
+from ...qdq import QUANTIZED_OPS, QdqOptions, export_qdq
 from ...statistics import Statistics
 from ...table import CalibrationTable
 from ...workload import DataSpec, data_source, is_default_model, open_dataset
@@ -80,6 +80,12 @@ CRITERION = ("relative squared error of the graph outputs (Q/DQ arithmetic, INT8
              "samples: layer-by-layer choices (error at the quantized readers' outputs, upstream choices in "
              "place) and each single method, the best refined tensor by tensor; tensors no quantized layer "
              "reads: their own quantization error, from the histogram")
+
+# The arithmetic auto judges ranges in, on every path: the INT8 path of its node-by-node
+# interpreter (quantize the inputs of the compute layers, every other op in float32) and, for
+# graphs it cannot run node by node, the whole Q/DQ model. Ranges are what auto chooses;
+# placement and the typed remainder are applied when the chosen ranges are exported.
+JUDGED = QdqOptions(placement="compute", high_precision="fp32")
 
 
 @dataclass
@@ -300,7 +306,7 @@ def _judge_whole_models(graph: ModelGraph, tables: dict, labels: list[str], read
     reference = [reference_runner.run(b.inputs) for b in _runs(batch, step)]
     network, alternatives = {}, {}
     for label in labels:
-        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights, emulate=True)
+        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights, JUDGED)
         runner = OrtRunner(model, (), providers)
         got = [runner.run(b.inputs) for b in _runs(batch, step)]
         network[label] = sum(relative_error(np.concatenate([g[n] for g in got]),
