@@ -52,8 +52,12 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "quantlab" / "defaults"
 PEERS_PY = Path("/work/peers-venv/bin/python")
 PLACEMENTS = ("compute", "residual", "tensorrt")
-VARIANTS = ("quantlab compute", "quantlab residual", "quantlab tensorrt", "ModelOpt (own ranges)",
-            "ModelOpt placement + quantlab ranges")
+# quantlab's default method (entropy) under each placement, then the tensorrt placement with the
+# ranges of two other methods from the same statistics: max (what ModelOpt's 128-bin "entropy" over
+# ONNX Runtime's histograms comes close to) and auto (per tensor, judged downstream).
+RANGE_METHODS = ("max", "auto")
+VARIANTS = ("quantlab compute", "quantlab residual", "quantlab tensorrt", "quantlab tensorrt, max ranges",
+            "quantlab tensorrt, auto ranges", "ModelOpt (own ranges)", "ModelOpt placement + quantlab ranges")
 EVAL_BATCH = 8
 MODELOPT_BATCH = 8  # divides the calibration count; keeps ModelOpt's per-batch activations small
 # The class-score output of each model (top-1 agreement along its last axis).
@@ -237,38 +241,22 @@ def judge(name: str, reference: dict, path: Path, x: np.ndarray) -> dict:
 
 
 def structure(path: Path, x: np.ndarray) -> dict:
-    """Q count, lint counts and plan FLOP shares ("n/a" where lint/plan are missing or raise)."""
+    """Q count, ``quantlab qdq lint`` findings (by rule) and the precision plan's FLOP shares at the
+    held-out input's shape (batch 1)."""
     import onnx
 
+    from quantlab.qdq import lint, precision_plan
+
     model = onnx.load(str(path))
-    info = {"q_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
-            "dq_nodes": sum(n.op_type == "DequantizeLinear" for n in model.graph.node)}
-    try:
-        from quantlab.qdq.lint import lint
-
-        result = lint(model)
-        info["lint_errors"], info["lint_warnings"] = len(result.errors), len(result.warnings)
-    except ImportError as e:
-        info["lint_errors"] = info["lint_warnings"] = "n/a"
-        info["lint_note"] = f"not available: {e}"
-    except Exception as e:  # noqa: BLE001 - a module under construction
-        info["lint_errors"] = info["lint_warnings"] = "n/a"
-        info["lint_note"] = f"raised {type(e).__name__}: {e}"[:300]
-    try:
-        from quantlab.qdq.plan import precision_plan
-
-        inp = model.graph.input[0]
-        plan = precision_plan(model, input_shapes={inp.name: [1, *x.shape[1:]]})
-        info["plan_shares"] = plan.shares()
-        info["plan_counts"] = plan.counts()
-        info["plan_assumptions"] = list(plan.assumptions)[:5]
-    except ImportError as e:
-        info["plan_shares"] = "n/a"
-        info["plan_note"] = f"not available: {e}"
-    except Exception as e:  # noqa: BLE001
-        info["plan_shares"] = "n/a"
-        info["plan_note"] = f"raised {type(e).__name__}: {e}"[:300]
-    return info
+    result = lint(model)
+    plan = precision_plan(model, input_shapes={model.graph.input[0].name: [1, *x.shape[1:]]})
+    rules: dict = {}
+    for finding in result.findings:
+        rules[f"{finding.severity}:{finding.rule}"] = rules.get(f"{finding.severity}:{finding.rule}", 0) + 1
+    return {"q_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+            "dq_nodes": sum(n.op_type == "DequantizeLinear" for n in model.graph.node),
+            "lint_errors": len(result.errors), "lint_warnings": len(result.warnings), "lint_rules": rules,
+            "plan_shares": plan.shares(), "plan_counts": plan.counts()}
 
 
 # ----------------------------------------------------------------------------- one model
@@ -321,6 +309,22 @@ def bench_model(name: str, args, work: Path) -> dict:
                 if report:
                     row["export_report"] = {k: v for k, v in report.items() if not isinstance(v, (list, dict))
                                             or k in ("typed", "precision", "fp32_reasons")}
+                row.update(evaluate(name, reference, onnx_out, x, variant, entry))
+            entry["variants"][variant] = row
+        for method in RANGE_METHODS:  # the same statistics, another method's ranges, the default placement
+            variant, onnx_out = f"quantlab tensorrt, {method} ranges", work / f"ql_tensorrt_{method}.onnx"
+            other = work / f"ql_{method}.quantlab.json"
+            cmd = quantlab_cmd("calibrate", model_path, "--data", data["calib_file"], *data["flags"], "--stats", stats,
+                               "--method", method, "-o", work / f"ql_{method}.cache", "--table", other, "-q")
+            rc, out, err, secs = run(cmd, args.timeout)
+            row = {"seconds_calibrate": secs}
+            if not rc:
+                cmd = quantlab_cmd("export-qdq", model_path, "--cache", other, "-o", onnx_out, "--stats", stats)
+                rc, out, err, secs = run(cmd, args.timeout)
+            if rc:
+                row["error"] = tail(err or out)
+                entry["failures"].append(f"{variant}: {row['error']}")
+            else:
                 row.update(evaluate(name, reference, onnx_out, x, variant, entry))
             entry["variants"][variant] = row
 
@@ -401,31 +405,43 @@ def diff(a, b) -> Optional[float]:
 
 
 def headline(result: dict) -> list[str]:
-    lines = ["| model | tensorrt SQNR | compute SQNR | ModelOpt SQNR | tensorrt - compute dB | "
-             "tensorrt - ModelOpt dB |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| model | tensorrt SQNR (entropy) | compute SQNR (entropy) | tensorrt, max ranges | tensorrt, auto "
+             "ranges | ModelOpt SQNR | tensorrt - compute dB | best quantlab - ModelOpt dB |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for entry in result["models"]:
         if entry.get("skipped") or entry.get("error"):
-            lines.append(f"| {entry['model']} | {entry.get('skipped') or 'failed'} | | | | |")
+            lines.append(f"| {entry['model']} | {entry.get('skipped') or 'failed'} | | | | | | |")
             continue
-        t, c, m = (sqnr(entry, v) for v in ("quantlab tensorrt", "quantlab compute", "ModelOpt (own ranges)"))
-        lines.append(f"| {entry['model']} | {fmt(t)} | {fmt(c)} | {fmt(m)} | {fmt(diff(t, c), '+.2f')} | "
-                     f"{fmt(diff(t, m), '+.2f')} |")
+        t, c, mx, au, m = (sqnr(entry, v) for v in ("quantlab tensorrt", "quantlab compute",
+                                                     "quantlab tensorrt, max ranges", "quantlab tensorrt, auto ranges",
+                                                     "ModelOpt (own ranges)"))
+        best = max((v for v in (t, mx, au) if v is not None), default=None)
+        lines.append(f"| {entry['model']} | {fmt(t)} | {fmt(c)} | {fmt(mx)} | {fmt(au)} | {fmt(m)} | "
+                     f"{fmt(diff(t, c), '+.2f')} | {fmt(diff(best, m), '+.2f')} |")
     return lines
 
 
 def targets(result: dict) -> dict:
     judged = [e for e in result["models"] if not e.get("skipped") and not e.get("error")]
-    beats, compared, drops = [], [], []
+    beats, compared, drops, beats_auto, int8_ge = [], [], [], [], []
     for e in judged:
         t, c, m = (sqnr(e, v) for v in ("quantlab tensorrt", "quantlab compute", "ModelOpt (own ranges)"))
+        au = sqnr(e, "quantlab tensorrt, auto ranges")
         if t is not None and m is not None:
             compared.append(e["model"])
             if t >= m:
                 beats.append(e["model"])
+            if au is not None and au >= m:
+                beats_auto.append(e["model"])
+        ours, theirs = (e["variants"].get(v, {}).get("plan_shares", {}).get("int8") for v in
+                        ("quantlab tensorrt", "ModelOpt (own ranges)"))
+        if ours is not None and theirs is not None and ours >= theirs - 1e-9:
+            int8_ge.append(e["model"])
         if t is not None and c is not None and t < c - 0.5:
             drops.append(e["model"])
     return {"tensorrt_ge_modelopt": beats, "compared_with_modelopt": compared,
-            "target_ge_modelopt_met": len(beats) >= 5,
+            "target_ge_modelopt_met": len(beats) >= 5, "tensorrt_auto_ge_modelopt": beats_auto,
+            "int8_share_ge_modelopt": int8_ge,
             "tensorrt_more_than_0.5dB_below_compute": drops, "target_no_drop_met": not drops}
 
 
@@ -437,7 +453,11 @@ def render(result: dict) -> str:
            "## Headline (SQNR of the first output vs FP32, dB, held-out inputs)", "", *headline(result), "",
            f"* tensorrt >= ModelOpt SQNR on {len(t['tensorrt_ge_modelopt'])} of {len(t['compared_with_modelopt'])} "
            f"models compared ({', '.join(t['tensorrt_ge_modelopt']) or 'none'}); target (>= 5): "
-           f"**{'met' if t['target_ge_modelopt_met'] else 'missed'}**.",
+           f"**{'met' if t['target_ge_modelopt_met'] else 'missed'}**. With `auto` ranges (same statistics, same "
+           f"placement): {len(t['tensorrt_auto_ge_modelopt'])} of {len(t['compared_with_modelopt'])} "
+           f"({', '.join(t['tensorrt_auto_ge_modelopt']) or 'none'}).",
+           f"* INT8 FLOP share of the default output >= ModelOpt's on {len(t['int8_share_ge_modelopt'])} of "
+           f"{len(t['compared_with_modelopt'])} models ({', '.join(t['int8_share_ge_modelopt']) or 'none'}).",
            f"* tensorrt more than 0.5 dB below compute on: {', '.join(t['tensorrt_more_than_0.5dB_below_compute']) or 'none'}"
            f"; target (never): **{'met' if t['target_no_drop_met'] else 'missed'}**.", "",
            "## Setup", "",

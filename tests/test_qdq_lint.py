@@ -171,7 +171,7 @@ def test_a_qdq_pair_between_a_conv_and_its_activation_is_an_error():
     relu = g.node("Relu", [g.qdq(quantized_conv(g), "between")], "relu")
     model = g.model(relu)
     assert fired(model, "qdq-between-conv-and-activation") == ["between_q"]
-    assert severities(model, "qdq-between-conv-and-activation") == {"error"}
+    assert severities(model, "qdq-between-conv-and-activation") == {"warning"}  # it builds: the Conv writes INT8, the activation runs apart
     assert "relu" not in fired(model, "no-int8-kernel")  # reported once, as the error
 
 

@@ -5,10 +5,12 @@ fuse, every other op in its ONNX type. A misplaced pair does not fail the build;
 reformat, breaks a fusion or leaves a layer in float, silently. :func:`lint` reads the graph the
 way TensorRT's Q/DQ fusions do and says, per node, what will go wrong and what to do about it.
 
-Severities: an **error** is something TensorRT cannot build or fuse as the model intends
-(asymmetric or uint8 quantization, an int32 bias DequantizeLinear, a Q nothing dequantizes, a pair
-between a Conv and its activation); a **warning** is something slower or less exact than it could be (a pair before an
-op with no INT8 kernel, a one-sided residual, per-tensor weights, fp32 compute). The exit code
+Severities: an **error** is something TensorRT cannot build, or builds into other arithmetic than
+the model states (asymmetric or uint8 quantization, an int32 bias DequantizeLinear, a Q nothing
+dequantizes, per-channel pairs below opset 13, a zero or non-finite scale); a **warning** is
+something that builds but runs slower or less exact than it could (a pair before an op with no
+INT8 kernel, a pair between a Conv and its activation that splits their fusion, a one-sided
+residual, Concat inputs with different scales, per-tensor weights, fp32 compute). The exit code
 follows ``quantlab cache lint``: 0 clean, 1 warnings only, 2 any error.
 
 :data:`RULES` lists every rule by name; each is one function below.
@@ -25,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import QuantlabError
-from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, _small_layers
+from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, small_layers
 from .plan import (
     ACTIVATIONS,
     QDQ_OPS,
@@ -347,7 +349,7 @@ def rule_qdq_between_conv_and_activation(index: GraphIndex, plan: PrecisionPlan)
             continue
         conv, acts = hit
         act = index.nodes[acts[0]]
-        findings.append(_finding(ERROR, "qdq-between-conv-and-activation", index.nodes[q],
+        findings.append(_finding(WARNING, "qdq-between-conv-and-activation", index.nodes[q],
                                  f"QuantizeLinear {node_key(index.nodes[q])!r} sits between Conv "
                                  f"{node_key(index.nodes[conv])!r} and its {act.op_type} {node_key(act)!r}: "
                                  "TensorRT cannot fuse the Conv with its activation across a Q/DQ pair; move the "
@@ -543,7 +545,7 @@ def _small(index: GraphIndex) -> dict[int, str]:
                 if p is not None and index.nodes[p].op_type == "DequantizeLinear" and \
                         index.nodes[p].input[0] in index.initializers:
                     weights[name] = index.initializers[index.nodes[p].input[0]]
-    return _small_layers(index.model, weights)
+    return small_layers(index.model, weights)
 
 
 RULES: dict[str, Callable[[GraphIndex, PrecisionPlan], Sequence[Finding]]] = {

@@ -130,7 +130,7 @@ def place(model: onnx.ModelProto, activations: set[str], amax: Mapping[str, floa
                 readers.setdefault(name, []).append((i, k))
     graph_outputs = {o.name for o in graph.output}
     result = Placement()
-    small = _small_layers(model, initializers) if "small-layers" in rules else {}
+    small = small_layers(model, initializers) if "small-layers" in rules else {}
 
     targets: dict[str, list[tuple[int, int]]] = {}
     for i, node in enumerate(nodes):
@@ -258,7 +258,7 @@ def _attribute(node: onnx.NodeProto, name: str, default):
     return default
 
 
-def _small_layers(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorProto]) -> dict[int, str]:
+def small_layers(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorProto]) -> dict[int, str]:
     """Node index -> why it stays in float, for the ``small-layers`` rule (weights' shapes decide)."""
     small = {}
     first_conv = next((i for i, n in enumerate(model.graph.node) if n.op_type == "Conv"), None)
