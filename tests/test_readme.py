@@ -104,7 +104,7 @@ def test_the_readme_python_examples_run_on_the_embedded_model(tmp_path):
     # in one working folder; no other page has a ```python block.
     sources = [("README.md", README), ("docs/python-api.md", DOCS["python-api.md"])]
     blocks = [(name, block) for name, text in sources for block in python_blocks(text)]
-    assert [name for name, _ in blocks] == ["README.md", "docs/python-api.md"]
+    assert [name for name, _ in blocks] == ["README.md", "docs/python-api.md", "docs/python-api.md"]
     assert all(not python_blocks(text) for name, text in DOCS.items() if name != "python-api.md")
     cwd = os.getcwd()
     os.chdir(tmp_path)

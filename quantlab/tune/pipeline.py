@@ -185,7 +185,9 @@ def _notes(graph, table, fallback: list[str], overlap: int, budget: Budget, limi
                        if table.activations.get(name, 0.0) > FP16_MAX})
         if wide:
             notes.append(f"WARNING: {len(wide)} tensor(s) at the fallback layers reach beyond the fp16 range "
-                         f"(e.g. {wide[0]!r}, amax {table.activations[wide[0]]:.4g}): use high_precision fp32")
+                         f"(e.g. {wide[0]!r}, amax {table.activations[wide[0]]:.4g}): the Q/DQ model keeps the ops "
+                         "that touch them in fp32 (measured), but the trtexec line pins every fallback layer to "
+                         "fp16; use high_precision fp32 for a TensorRT <= 10 build")
     return notes
 
 
