@@ -243,3 +243,15 @@ def test_calibrate_refuses_a_cache_format_under_an_onnx_name(tmp_path):
     result = run_cli("calibrate", "-o", "m.onnx", "--format", "cache", "-q", cwd=tmp_path)
     assert result.returncode != 0 and "names an ONNX file" in result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_a_matmul_of_two_activations_stays_in_float_under_tensorrt_only():
+    q = helper.make_tensor_value_info("q", TensorProto.FLOAT, [1, 4, 16, 32])
+    k = helper.make_tensor_value_info("k", TensorProto.FLOAT, [1, 4, 32, 16])
+    scores = helper.make_node("MatMul", ["q", "k"], ["s"], name="scores")
+    softmax = helper.make_node("Softmax", ["s"], ["y"], name="softmax", axis=-1)
+    model = model_of([(scores, []), (softmax, [])], [q, k], [output("y")])
+    trt, report = export(model, "tensorrt", high_precision="fp32")
+    assert quantized_inputs(trt) == [] and "attention" in report.float_layers["scores"]
+    compute, _ = export(model, "compute", high_precision="fp32")
+    assert sorted(quantized_inputs(compute)) == ["k", "q"]

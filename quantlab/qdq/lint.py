@@ -510,8 +510,9 @@ def rule_fp32_region(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
 
 def rule_unquantized_layer(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     """``unquantized-layer``: a Conv/ConvTranspose/Gemm/MatMul whose data input is not dequantized runs
-    in float. Layers too small for INT8 to pay (ModelOpt's rule, :mod:`~quantlab.qdq.placement`'s
-    ``small-layers``) are left out: float is right for them."""
+    in float. Layers float is right for are left out: those too small for INT8 to pay (ModelOpt's
+    rule, :mod:`~quantlab.qdq.placement`'s ``small-layers``) and attention's MatMuls of two float
+    activations (``attention-in-float``)."""
     small = _small(index)
     flops = {n.node: n for n in plan.nodes}
     total = plan.total_flops
@@ -521,7 +522,7 @@ def rule_unquantized_layer(index: GraphIndex, plan: PrecisionPlan) -> list[Findi
             continue
         data = [n for n in node.input[:2] if n and n in index.data]
         floats = [n for n in data if not _is_quantized(index, n)]
-        if not data or not floats:
+        if not data or not floats or (node.op_type == "MatMul" and len(floats) == 2):
             continue
         entry = flops.get(node_key(node))
         cost = (f"{_mflops(entry.flops)}, {100 * entry.flops / total:.1f} % of FLOPs" if entry and total

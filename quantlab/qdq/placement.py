@@ -60,6 +60,10 @@ RULES = (
          "every kernel dimension >= 3)",
          "ModelOpt 0.47 onnx/quantization/graph_utils.py: find_nodes_from_convs_to_exclude, _MIN_MATMUL_DIM = 16 "
          "(INT8 kernels do not pay below these sizes)"),
+    Rule("attention-in-float", ("tensorrt",),
+         "a MatMul whose two operands are both activations (attention's Q @ K^T and scores @ V) stays in float",
+         "ModelOpt 0.47 onnx/quantization/partitioning.py (MatMul -> Softmax -> MatMul left in float): TensorRT "
+         "runs attention as a fused fp16 kernel, and INT8 scores from a Softmax lose the small probabilities"),
     Rule("commuting-share", ("tensorrt",),
          "a tensor that reaches several quantized inputs, directly or through ops that commute with "
          "quantization (MaxPool, Reshape, Transpose, Flatten, Slice, Pad, Resize ...), is quantized once, "
@@ -130,7 +134,11 @@ def place(model: onnx.ModelProto, activations: set[str], amax: Mapping[str, floa
                 readers.setdefault(name, []).append((i, k))
     graph_outputs = {o.name for o in graph.output}
     result = Placement()
-    small = small_layers(model, initializers) if "small-layers" in rules else {}
+    floated = small_layers(model, initializers) if "small-layers" in rules else {}
+    if "attention-in-float" in rules:
+        for i, node in enumerate(nodes):
+            if node.op_type == "MatMul" and len(node.input) >= 2 and all(n in activations for n in node.input[:2]):
+                floated.setdefault(i, "MatMul of two activations (attention): TensorRT fuses attention in fp16")
 
     targets: dict[str, list[tuple[int, int]]] = {}
     for i, node in enumerate(nodes):
@@ -139,8 +147,8 @@ def place(model: onnx.ModelProto, activations: set[str], amax: Mapping[str, floa
         key = node.name or node.output[0]
         if i in excluded:
             continue
-        if i in small:
-            result.float_layers[key] = small[i]
+        if i in floated:
+            result.float_layers[key] = floated[i]
             continue
         result.quantized_layers.append(i)
         for k, name in enumerate(node.input[:2]):

@@ -251,14 +251,10 @@ def retype(model: onnx.ModelProto, precisions: Mapping[int, int], *, check: bool
     the names other nodes read do not change. A node whose types the schema cannot change, or whose
     float32 initializer would overflow, is an error naming it.
     """
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result, types, initializers, taken = _working_copy(model)
+    graph = result.graph
     if not precisions:
         return result
-    graph = result.graph
-    types = element_types(result)
-    initializers = {init.name: init for init in graph.initializer}
-    taken = _all_names(result)
     bound = {i: _bound_positions(graph.node[i], precisions[i], types, initializers, opset_of(result))
              for i in precisions}
     # Who reads each name in float32: nodes left as they are, positions a converted node keeps, outputs.
@@ -310,13 +306,7 @@ def retype(model: onnx.ModelProto, precisions: Mapping[int, int], *, check: bool
         ordered.append(node)
         ordered += back
 
-    del graph.node[:]
-    graph.node.extend(ordered)
-    graph.initializer.extend(new_initializers)
-    used = names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _replace_nodes(graph, ordered, new_initializers)
     present = {out for node in graph.node for out in node.output}
     kept_info = [vi for vi in graph.value_info if vi.name in present and vi.name not in
                  {name for name, _ in available}]
@@ -344,14 +334,10 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
     TensorRT fuses it into the INT8 layer that reads it (int8 products summed exactly, rescaled in
     fp32), whereas an fp16 DequantizeLinear executed as written would round q * scale to fp16.
     """
-    result = onnx.ModelProto()
-    result.CopyFrom(model)
+    result, types, initializers, taken = _working_copy(model)
+    graph = result.graph
     if not precisions:
         return result
-    graph = result.graph
-    types = element_types(result)
-    initializers = {init.name: init for init in graph.initializer}
-    taken = _all_names(result)
     done: dict[tuple[str, int], str] = {}  # (name, type) -> its rounded float32 copy
     new_initializers: list[onnx.TensorProto] = []
     ordered: list[onnx.NodeProto] = []
@@ -393,13 +379,7 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
             node.output[position] = raw
             ordered += round_trip(raw, target, name)
             done[(name, target)] = name
-    del graph.node[:]
-    graph.node.extend(ordered)
-    graph.initializer.extend(new_initializers)
-    used = names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
+    _replace_nodes(graph, ordered, new_initializers)
     graph.ClearField("value_info")
     return result
 
@@ -418,6 +398,25 @@ def element_types(model: onnx.ModelProto) -> dict[str, int]:
 
 
 # ----------------------------------------------------------------------------------------- helpers
+
+
+def _working_copy(model: onnx.ModelProto) -> tuple[onnx.ModelProto, dict[str, int], dict, set[str]]:
+    """A copy to rewrite, its element types, its initializers by name and every name it uses."""
+    result = onnx.ModelProto()
+    result.CopyFrom(model)
+    initializers = {init.name: init for init in result.graph.initializer}
+    return result, element_types(result), initializers, _all_names(result)
+
+
+def _replace_nodes(graph: onnx.GraphProto, ordered: list, new_initializers: list) -> None:
+    """``ordered`` as the graph's nodes, ``new_initializers`` added, initializers nothing reads dropped."""
+    del graph.node[:]
+    graph.node.extend(ordered)
+    graph.initializer.extend(new_initializers)
+    used = names_used(graph) | {o.name for o in graph.output} | {i.name for i in graph.input}
+    kept = [init for init in graph.initializer if init.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
 
 
 def opset_of(model: onnx.ModelProto) -> int:
