@@ -212,11 +212,20 @@ def session(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def fixed_batch(path: Path) -> Optional[int]:
+    """The batch size a model's first input fixes (YOLOv8n's export: 1), None where it is dynamic."""
+    import onnx
+
+    dim = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim[0]
+    return dim.dim_value if dim.HasField("dim_value") else None
+
+
 def outputs(path: Path, x: np.ndarray) -> dict:
     s = session(path)
     name = s.get_inputs()[0].name
     names = [o.name for o in s.get_outputs()]
-    runs = [s.run(names, {name: x[i:i + EVAL_BATCH]}) for i in range(0, len(x), EVAL_BATCH)]
+    step = fixed_batch(path) or EVAL_BATCH
+    runs = [s.run(names, {name: x[i:i + step]}) for i in range(0, len(x), step)]
     return {n: np.concatenate([r[k] for r in runs]) for k, n in enumerate(names)}
 
 
@@ -336,7 +345,8 @@ def bench_model(name: str, args, work: Path) -> dict:
     mo_calib = work / "calib.modelopt.npz"
     np.savez(mo_calib, x=data["calib_x"].astype(np.float32))
     mo_out = work / "modelopt.onnx"
-    batch = MODELOPT_BATCH if len(data["calib_x"]) % MODELOPT_BATCH == 0 else len(data["calib_x"])
+    batch = fixed_batch(model_path) or (MODELOPT_BATCH if len(data["calib_x"]) % MODELOPT_BATCH == 0
+                                        else len(data["calib_x"]))
     cmd = [PEERS_PY, ROOT / "benchmarks" / "tune_peers.py", "modelopt", "--method", "entropy", mo_model, mo_calib,
            "-o", mo_out, "--high-precision", "fp16", "--batch", str(batch), "--json", work / "modelopt.json"]
     rc, out, err, secs = run(cmd, args.timeout)
