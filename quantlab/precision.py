@@ -5,11 +5,13 @@ Gemm/MatMul nodes (the TensorRT ONNX parser names each such layer after its node
 higher precision. This module turns that list into what each TensorRT world needs, as pure
 functions (the caller writes the files, atomically):
 
-* TensorRT 10/11, explicit quantization: the Q/DQ model :func:`quantlab.qdq.export_qdq` makes
-  with ``exclude_nodes=fallback`` leaves those layers in float32 - and a TensorRT 11 network is
-  strongly typed, so an fp32 op in the ONNX *runs* in fp32. :func:`float16_layers` makes them
-  compute in float16 (fp16 weights, Casts at the region's edges), which is what users want for
-  speed, with the graph's input and output types unchanged.
+* TensorRT 10/11, explicit quantization: :func:`quantlab.qdq.export_qdq` with
+  ``exclude_nodes=fallback`` leaves those layers out of INT8, and its typed remainder
+  (:mod:`quantlab.qdq.remainder`, ``high_precision``) gives them - with every other op outside
+  INT8 - fp16, or fp32 where measured ranges demand it: a TensorRT 11 network is strongly typed,
+  so an fp32 op in the ONNX *runs* in fp32. :func:`float16_layers` is the same mechanism
+  (:func:`quantlab.qdq.remainder.retype`) applied to the fallback layers alone of an fp32 Q/DQ
+  model, for callers that want only those in float16.
 * TensorRT <= 10, implicit quantization: :func:`trt_cache_without` drops the cache entries of
   the tensors around the fallback layers, and :func:`trtexec_command` writes the ``trtexec``
   line that pins those layers to fp16/fp32 with ``--layerPrecisions`` and
@@ -152,9 +154,9 @@ def _region(model: onnx.ModelProto, layers: list[onnx.NodeProto], extend: bool) 
 def float16_layers(model: onnx.ModelProto, nodes: Iterable[str], *, extend: bool = True) -> onnx.ModelProto:
     """A copy of a Q/DQ model in which the fallback layers ``nodes`` compute in float16.
 
-    ``model`` is what :func:`quantlab.qdq.export_qdq` returns with ``exclude_nodes=nodes``: the
-    fallback layers read float32 tensors and float32 weights. In a strongly typed TensorRT 11
-    network they would run in fp32; here each one (with ``extend``, its fp16 region: see
+    ``model`` is what :func:`quantlab.qdq.export_qdq` returns with ``exclude_nodes=nodes`` and
+    ``high_precision="fp32"``: the fallback layers read float32 tensors and float32 weights. In a
+    strongly typed TensorRT 11 network they would run in fp32; here each one (with ``extend``, its fp16 region: see
     :func:`fallback_region`) gets
 
     * fp16 copies of its float32 initializers (weight, bias, Clip bounds), under new names, so a
