@@ -176,6 +176,12 @@ def test_a_qdq_pair_between_a_conv_and_its_activation_is_an_error():
     assert "relu" not in fired(model, "no-int8-kernel")  # reported once, by this rule
 
 
+def test_a_weight_with_one_output_channel_has_one_scale_and_is_not_flagged():
+    g = Graph()
+    model = g.model(g.conv(g.qdq("x", "in"), "dfl", c_out=1, per_channel=False))  # YOLOv8's DFL conv: 1 channel
+    assert fired(model, "weight-per-tensor") == []
+
+
 def test_per_tensor_conv_weights_are_a_warning():
     g = Graph()
     model = g.model(g.conv(g.qdq("x", "in"), "per_tensor", per_channel=False))

@@ -115,17 +115,17 @@ def test_a_tensor_read_directly_and_through_maxpool_is_quantized_once_before_bot
     assert sorted(quantized_inputs(separate)) == ["p", "x"]
 
 
-def test_concat_inputs_share_the_largest_range_and_the_concat_output_carries_no_pair():
+def test_concat_inputs_and_output_share_the_largest_range():
     a, inits_a = conv("a", "x", "ya", 16, 16)
     b, inits_b = conv("b", "x", "yb", 16, 16)
     cat = helper.make_node("Concat", ["ya", "yb"], ["cat"], name="cat", axis=1)
     head, inits_h = conv("head", "cat", "y", 32, 16)
     model = model_of([(a, inits_a), (b, inits_b), (cat, []), (head, inits_h)], [image()], [output("y")])
     qdq, report = export(model, "tensorrt", high_precision="fp32", ranges={"ya": 3.0, "yb": 5.0})
-    assert "cat" not in quantized_inputs(qdq) and {"ya", "yb"} <= set(quantized_inputs(qdq))
+    assert {"ya", "yb", "cat"} <= set(quantized_inputs(qdq))
     scales = {node.input[0]: numpy_helper.to_array(next(i for i in qdq.graph.initializer if i.name == node.input[1]))
               for node in qdq.graph.node if node.op_type == "QuantizeLinear"}
-    assert scales["ya"] == scales["yb"] == np.float32(5.0 / 127)
+    assert scales["ya"] == scales["yb"] == scales["cat"] == np.float32(5.0 / 127)
     assert report.shared_scales["ya"]["amax"] == 5.0 and report.shared_scales["ya"]["own_amax"] == 3.0
 
 

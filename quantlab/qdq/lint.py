@@ -27,7 +27,7 @@ import onnx
 from onnx import TensorProto
 
 from ..errors import QuantlabError
-from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, small_layers
+from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, attribute, small_layers
 from .plan import (
     ACTIVATIONS,
     QDQ_OPS,
@@ -369,7 +369,7 @@ def rule_weight_per_tensor(index: GraphIndex, plan: PrecisionPlan) -> list[Findi
             if dq is None or not index.is_int8(dq) or index.nodes[dq].input[0] in index.data:
                 continue
             scale = _scale(index, index.nodes[dq])
-            if scale is not None and scale.size == 1:
+            if scale is not None and scale.size == 1 and _channels(index, index.nodes[dq], node) != 1:
                 findings.append(_finding(WARNING, "weight-per-tensor", node,
                                          f"{node.op_type} {node_key(node)!r}: its weight DequantizeLinear "
                                          f"{node_key(index.nodes[dq])!r} has one scale for the whole tensor; "
@@ -377,6 +377,21 @@ def rule_weight_per_tensor(index: GraphIndex, plan: PrecisionPlan) -> list[Findi
                                          "at the same speed): re-quantize the weights per channel (quantlab "
                                          "export-qdq does; ONNX Runtime: quantize_static(..., per_channel=True))"))
     return findings
+
+
+def _channels(index: GraphIndex, dq: onnx.NodeProto, layer: onnx.NodeProto) -> Optional[int]:
+    """Output channels of the weight ``dq`` dequantizes for ``layer`` (None where unknown): a weight
+    with one output channel (YOLOv8's DFL conv) has one scale either way."""
+    weight = index.value(dq.input[0])
+    if weight is None or weight.ndim < 2:
+        return None
+    if layer.op_type == "Conv":
+        return int(weight.shape[0])
+    if layer.op_type == "ConvTranspose":
+        return int(weight.shape[1]) * int(attribute(layer, "group", 1))
+    if layer.op_type == "Gemm":
+        return int(weight.shape[0] if attribute(layer, "transB", 0) else weight.shape[1])
+    return int(weight.shape[-1])
 
 
 def rule_zero_point(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:

@@ -71,8 +71,8 @@ RULES = (
          "TensorRT developer guide: Q/DQ propagation across commuting layers; one Q per tensor lets its "
          "producer write INT8 once"),
     Rule("concat-shared-scale", ("tensorrt",),
-         "a Concat whose output feeds only quantized inputs gets one Q/DQ per input, all with one scale "
-         "(the largest range among its inputs, recorded in the report), so it runs in INT8",
+         "a Concat whose output feeds only quantized inputs gets one Q/DQ per input and one on its output, "
+         "all with one scale (the largest range among its inputs, recorded in the report), so it runs in INT8",
          "TensorRT developer guide: concatenation stays in INT8 only when all inputs share a scale; "
          "ModelOpt graph_utils.py concat elimination (shared scale)"),
     Rule("pooling", ("tensorrt",),
@@ -209,7 +209,10 @@ def place(model: onnx.ModelProto, activations: set[str], amax: Mapping[str, floa
             for k, n in enumerate(nodes[p].input):
                 if n:
                     extra.append(Pair(n, [(p, k)], group, "concat-shared-scale"))
-            del pairs[name]
+            # The output keeps its pair, on the same scale: the identity on values that are already on
+            # that grid, and the readers' input is a DequantizeLinear whether or not TensorRT carries
+            # the INT8 values across the Concat.
+            pairs[name].ranges_of, pairs[name].rule = group, "concat-shared-scale"
             count += 1
         result.applied["concat-shared-scale"] = count
 
@@ -248,7 +251,7 @@ def _commuting_source(name: str, nodes: list, producer: Mapping[str, int], reade
         p = producer.get(current)
         if p is None or nodes[p].op_type not in COMMUTING_OPS or not nodes[p].input:
             break
-        if nodes[p].op_type == "Resize" and _attribute(nodes[p], "mode", b"nearest") != b"nearest":
+        if nodes[p].op_type == "Resize" and attribute(nodes[p], "mode", b"nearest") != b"nearest":
             break
         if current != name and (len(readers.get(current, [])) != 1 or current in graph_outputs):
             break
@@ -259,10 +262,11 @@ def _commuting_source(name: str, nodes: list, producer: Mapping[str, int], reade
     return current, first
 
 
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return onnx.helper.get_attribute_value(attribute)
+def attribute(node: onnx.NodeProto, name: str, default):
+    """The value of ``node``'s attribute ``name``, or ``default`` where the node does not set it."""
+    for found in node.attribute:
+        if found.name == name:
+            return onnx.helper.get_attribute_value(found)
     return default
 
 
@@ -277,7 +281,7 @@ def small_layers(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorP
             shape = tuple(initializers[node.input[1]].dims)
             if len(shape) < 3:
                 continue
-            groups = _attribute(node, "group", 1)
+            groups = attribute(node, "group", 1)
             c_out, c_in = shape[0], shape[1] * groups
             if min(c_in, c_out) >= SMALL_CHANNELS:
                 continue
@@ -294,7 +298,7 @@ def small_layers(model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorP
             shape = tuple(numpy_helper.to_array(initializers[weight]).shape)
             if len(shape) < 2:
                 continue
-            if node.op_type == "Gemm" and _attribute(node, "transB", 0):
+            if node.op_type == "Gemm" and attribute(node, "transB", 0):
                 n, k = shape[0], shape[1]
             else:
                 k, n = shape[-2], shape[-1]

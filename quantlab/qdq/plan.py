@@ -40,7 +40,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantlabError
 from ..graph import SHAPE_OPS
-from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS
+from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, attribute
 from .remainder import element_types
 
 PRECISIONS = ("int8", "fp16", "bf16", "fp32")
@@ -106,20 +106,20 @@ class GraphIndex:
         node = self.constant_nodes.get(name)
         if node is None:
             return None
-        for attribute in node.attribute:
-            if attribute.name == "value":
-                return numpy_helper.to_array(attribute.t)
-            if attribute.name in ("value_float", "value_floats"):
-                return np.asarray(helper.get_attribute_value(attribute), np.float32)
-            if attribute.name in ("value_int", "value_ints"):
-                return np.asarray(helper.get_attribute_value(attribute), np.int64)
+        for found in node.attribute:
+            if found.name == "value":
+                return numpy_helper.to_array(found.t)
+            if found.name in ("value_float", "value_floats"):
+                return np.asarray(helper.get_attribute_value(found), np.float32)
+            if found.name in ("value_int", "value_ints"):
+                return np.asarray(helper.get_attribute_value(found), np.int64)
         return None
 
     def passes_through(self, node: onnx.NodeProto) -> bool:
         """Does ``node`` carry INT8 values unchanged (an op that commutes with quantization, or a
         float-to-float Cast), so that a Q/DQ can be read across it?"""
         if node.op_type == "Cast":
-            return _attribute(node, "to", 0) in FLOAT_PRECISIONS and \
+            return attribute(node, "to", 0) in FLOAT_PRECISIONS and \
                 bool(node.input) and self.types.get(node.input[0]) in FLOAT_PRECISIONS
         return node.op_type in COMMUTING_OPS
 
@@ -167,7 +167,7 @@ class GraphIndex:
             if zero in self.types:
                 return self.types[zero]
         if node.op_type == "QuantizeLinear":
-            return _attribute(node, "output_dtype", 0) or TensorProto.UINT8
+            return attribute(node, "output_dtype", 0) or TensorProto.UINT8
         return self.types.get(node.input[0], TensorProto.UNDEFINED)
 
     def is_int8(self, index: int) -> bool:
@@ -181,13 +181,6 @@ def _data_tensors(nodes: Sequence[onnx.NodeProto], inputs: frozenset) -> frozens
         if node.op_type not in SHAPE_OPS and any(n in data for n in node.input if n):
             data.update(o for o in node.output if o)
     return frozenset(data)
-
-
-def _attribute(node: onnx.NodeProto, name: str, default):
-    for attribute in node.attribute:
-        if attribute.name == name:
-            return helper.get_attribute_value(attribute)
-    return default
 
 
 def node_key(node: onnx.NodeProto) -> str:
@@ -319,7 +312,7 @@ def _count(node: onnx.NodeProto, shapes: Mapping[str, tuple]) -> Optional[int]:
     if op == "Gemm":
         if out is None or x is None or len(x) != 2:
             return None
-        return 2 * _size(out) * (x[0] if _attribute(node, "transA", 0) else x[1])
+        return 2 * _size(out) * (x[0] if attribute(node, "transA", 0) else x[1])
     if op == "MatMul":
         if out is None or not x:
             return None
