@@ -134,6 +134,13 @@ def run(cmd: list, timeout: float, cwd: Optional[Path] = None) -> tuple[int, str
         return 124, str(e.stdout or ""), f"timed out after {timeout:.0f} s", time.perf_counter() - start
 
 
+def failure(rc: int, text: str) -> str:
+    """What went wrong with a tool run: its last output lines, or how it ended when it printed nothing."""
+    if tail(text):
+        return tail(text)
+    return f"killed by signal {-rc} with no output (9: SIGKILL, e.g. out of memory)" if rc < 0 else f"exit status {rc}"
+
+
 def tail(text: str, n: int = 600) -> str:
     text = (text or "").strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
@@ -312,7 +319,7 @@ def bench_model(name: str, args, work: Path) -> dict:
             rc, out, err, secs = run(cmd, args.timeout)
             row: dict = {"seconds_tool": secs}
             if rc:
-                row["error"] = tail(err or out)
+                row["error"] = failure(rc, err or out)
                 entry["failures"].append(f"{variant} export: {row['error']}")
             else:
                 report = parse_json(out)
@@ -332,7 +339,7 @@ def bench_model(name: str, args, work: Path) -> dict:
                 cmd = quantlab_cmd("export-qdq", model_path, "--cache", other, "-o", onnx_out, "--stats", stats)
                 rc, out, err, secs = run(cmd, args.timeout)
             if rc:
-                row["error"] = tail(err or out)
+                row["error"] = failure(rc, err or out)
                 entry["failures"].append(f"{variant}: {row['error']}")
             else:
                 row.update(evaluate(name, reference, onnx_out, x, variant, entry))
