@@ -255,3 +255,22 @@ def test_a_matmul_of_two_activations_stays_in_float_under_tensorrt_only():
     assert quantized_inputs(trt) == [] and "attention" in report.float_layers["scores"]
     compute, _ = export(model, "compute", high_precision="fp32")
     assert sorted(quantized_inputs(compute)) == ["k", "q"]
+
+
+def test_any_typed_model_is_scored_like_quantlabs_own_export():
+    # emulated() reads the precision plan from the file (a ModelOpt export has no other); on quantlab's
+    # own typed export it gives the very model the evaluation scores, to the bit.
+    from quantlab import defaults
+    from quantlab.qdq.remainder import emulated
+
+    graph = load_model(defaults.MODEL)
+    amax = {name: 4.0 for name in graph.activations}
+    typed, _ = export_qdq(graph, amax)
+    scored, _ = export_qdq(graph, amax, emulate=True)
+    data = RNG.random((8, 1, 28, 28), dtype=np.float32)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    run = [ort.InferenceSession(m.SerializeToString(), options).run(None, {"image": data})[0]
+           for m in (emulated(typed), scored)]
+    assert np.array_equal(run[0], run[1])
+    assert all(init.data_type != TensorProto.FLOAT16 for init in emulated(typed).graph.initializer)

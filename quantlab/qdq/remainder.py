@@ -384,6 +384,54 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
     return result
 
 
+def emulated(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The float32 model that computes what any typed Q/DQ model stores (quantlab's, ModelOpt's): the
+    scoring :func:`rounded` gives quantlab's own exports, for a file whose precision map is unknown.
+
+    Every fp16/bf16 tensor the file holds becomes a float32 tensor of the same name carrying the
+    rounded value: a node that writes fp16 computes in float32 and its output is rounded (a Cast
+    there and back); a Cast to fp16 rounds; a Cast back to float32 is then the identity; fp16
+    initializers (weights, scales) become their exact float32 values. DequantizeLinear outputs are
+    not rounded (TensorRT fuses them into the INT8 layer), as in :func:`rounded`.
+    """
+    result, types, initializers, taken = _working_copy(model)
+    graph = result.graph
+    low = {TensorProto.FLOAT16, TensorProto.BFLOAT16}
+    for init in graph.initializer:
+        if init.data_type in low:
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float32), init.name))
+    ordered: list[onnx.NodeProto] = []
+    for node in graph.node:
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if node.op_type == "Cast" and to in low:  # round, and stay float32
+            inner = _unique(f"{node.output[0]}_{SUFFIXES[to]}", taken)
+            ordered += [helper.make_node("Cast", [node.input[0]], [inner], name=node.name, to=to),
+                        helper.make_node("Cast", [inner], [node.output[0]], name=_unique(f"{inner}_Cast", taken),
+                                         to=TensorProto.FLOAT)]
+            continue
+        if node.op_type == "Cast" and to == TensorProto.FLOAT and types.get(node.input[0]) in low:
+            ordered.append(helper.make_node("Identity", [node.input[0]], [node.output[0]], name=node.name))
+            continue
+        ordered.append(node)
+        if node.op_type == "DequantizeLinear":
+            continue
+        for position, name in enumerate(node.output):
+            if name and types.get(name) in low:
+                raw = _unique(f"{name}_unrounded", taken)
+                node.output[position] = raw
+                inner = _unique(f"{name}_{SUFFIXES[types[name]]}", taken)
+                ordered += [helper.make_node("Cast", [raw], [inner], name=_unique(f"{inner}_Cast", taken),
+                                             to=types[name]),
+                            helper.make_node("Cast", [inner], [name], name=_unique(f"{name}_Cast_fp32", taken),
+                                             to=TensorProto.FLOAT)]
+    _replace_nodes(graph, ordered, [])
+    graph.ClearField("value_info")
+    for info in list(graph.input) + list(graph.output):
+        if info.type.tensor_type.elem_type in low:
+            info.type.tensor_type.elem_type = TensorProto.FLOAT
+    return result
+
+
 def element_types(model: onnx.ModelProto) -> dict[str, int]:
     """Element type of each tensor shape inference can tell (graph I/O and initializers as declared)."""
     try:
