@@ -505,7 +505,8 @@ def render(result: dict) -> str:
            "scale amax/127 in the scale's own dtype.",
            "* Judge (same for every row): ONNX Runtime CPU, graph optimizations disabled, "
            "`session.disable_quant_qdq=1`, each file executed TensorRT-faithfully (`quantlab.qdq.remainder."
-           "emulated`: every tensor it stores in fp16 rounded to fp16, arithmetic in float32, INT8 layers exact). SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) and mean "
+           "emulated`: every tensor it stores in fp16 rounded to fp16, arithmetic in float32, INT8 layers exact). "
+           "SQNR = 10 log10(sum ref^2 / sum (ref - q)^2) and mean "
            "per-sample cosine over the first output; top-1 agreement on the class-score output along its last "
            "axis (fashion, ppocrv5_cls, orinet, mtcnn_*: for mtcnn the softmax output, not the first).",
            "* Q nodes: QuantizeLinear count. Lint (`quantlab.qdq.lint`) and FLOP shares (`quantlab.qdq.plan`, "
