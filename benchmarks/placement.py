@@ -18,7 +18,7 @@ For each model (the embedded Fashion-MNIST CNN and the corpus of ``benchmarks/co
    inputs never seen in calibration. Against the FP32 model: SQNR (dB)
    and mean cosine of the first output, top-1 agreement on the class-score output (last axis).
    Per variant also: QuantizeLinear count, lint errors/warnings (``quantlab.qdq.lint``) and the
-   precision plan's FLOP shares (``quantlab.qdq.plan``), "n/a" where those modules are missing.
+   precision plan's FLOP shares (``quantlab.qdq.plan``), at batch 1 and the held-out input's shape.
 
 Run (from the repository root)::
 
@@ -499,7 +499,8 @@ def render(result: dict) -> str:
            "* quantlab: `quantlab calibrate MODEL --data CALIB <cli_preprocess flags> --method entropy --save-stats` "
            "once, then `quantlab export-qdq MODEL --cache TABLE --placement P --high-precision fp16` for P in "
            "compute, residual, tensorrt (remainder typed from the table's measured ranges).",
-           f"* ModelOpt: `tune_peers.py modelopt --method entropy --high-precision fp16 --batch {MODELOPT_BATCH}` on "
+           f"* ModelOpt: `tune_peers.py modelopt --method entropy --high-precision fp16 --batch {MODELOPT_BATCH}` "
+           "(the model's own batch where it fixes one: 1 for YOLOv8n) on "
            "the same calibration inputs, preprocessed by quantlab's own functions (float32). \"ModelOpt placement + "
            "quantlab ranges\": ModelOpt's graph, each Q whose input has a quantlab amax and its DQ readers get "
            "scale amax/127 in the scale's own dtype.",
@@ -510,8 +511,7 @@ def render(result: dict) -> str:
            "per-sample cosine over the first output; top-1 agreement on the class-score output along its last "
            "axis (fashion, ppocrv5_cls, orinet, mtcnn_*: for mtcnn the softmax output, not the first).",
            "* Q nodes: QuantizeLinear count. Lint (`quantlab.qdq.lint`) and FLOP shares (`quantlab.qdq.plan`, "
-           "batch 1 at the held-out input's shape): \"n/a\" where the module is missing or raised.", ""]
-    out += [f"* lint: {result['lint_status']}; plan: {result['plan_status']}.", ""]
+           "batch 1 at the held-out input's shape).", ""]
     for entry in result["models"]:
         out += [f"## {entry['model']}", ""]
         if entry.get("skipped"):
@@ -589,14 +589,6 @@ def machine() -> dict:
             "quantlab": getattr(quantlab, "__version__", "?"), "modelopt": out.strip() if rc == 0 else "not available"}
 
 
-def module_status(module: str) -> str:
-    try:
-        __import__(module)
-        return "available"
-    except Exception as e:
-        return f"n/a ({type(e).__name__}: {e})"[:200]
-
-
 def write(result: dict, out: Path) -> None:
     result["targets"] = targets(result)
     write_atomic(out / "placement.json", json.dumps(clean(result), indent=1) + "\n")
@@ -616,7 +608,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     result = {"generated": time.strftime("%Y-%m-%d %H:%M:%S"),
               "command": " ".join(["python", "benchmarks/placement.py", *(argv if argv is not None else sys.argv[1:])]),
               "calib": args.calib, "heldout": args.heldout, "machine": machine(),
-              "lint_status": module_status("quantlab.qdq.lint"), "plan_status": module_status("quantlab.qdq.plan"),
               "models": [], "seconds": 0.0}
     with tempfile.TemporaryDirectory(prefix="placement_") as tmp:
         for name in args.models:

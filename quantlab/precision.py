@@ -50,7 +50,9 @@ from .errors import QuantlabError
 from .qdq import QUANTIZED_OPS
 from .qdq.remainder import FP16_MAX, retype
 
-HIGH_PRECISIONS = ("fp16", "fp32")
+# What trtexec's --layerPrecisions can pin a fallback layer to (TensorRT <= 10); the Q/DQ model's
+# remainder has its own set, quantlab.qdq.HIGH_PRECISIONS (bf16 too).
+TRTEXEC_PRECISIONS = ("fp16", "fp32")
 
 # Ops that may join a fallback layer's fp16 region (see fallback_region): elementwise, every
 # float input and the output of one type T, and harmless in fp16 - piecewise linear or bounded
@@ -280,8 +282,8 @@ def trtexec_command(onnx_path: str, cache_path: str, nodes: Sequence[str], *, hi
     (see the module docstring): ``,`` and ``'`` cannot be written, and ``*`` would be a wildcard
     matching other layers; each is an error naming the layer.
     """
-    if high_precision not in HIGH_PRECISIONS:
-        raise QuantlabError(f"`high_precision` {high_precision!r} is not one of {', '.join(HIGH_PRECISIONS)}",
+    if high_precision not in TRTEXEC_PRECISIONS:
+        raise QuantlabError(f"`high_precision` {high_precision!r} is not one of {', '.join(TRTEXEC_PRECISIONS)}",
                             params=("high_precision",))
     if isinstance(nodes, str):
         raise QuantlabError(f"`nodes` must be a list of layer names, not one string ({nodes[:60]!r})",

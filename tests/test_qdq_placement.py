@@ -192,7 +192,7 @@ def test_bf16_remainder_has_no_range_rule():
     assert element_types(model)[relu.output[0]] == TensorProto.BFLOAT16
 
 
-def test_the_fp32_remainder_is_opset_13_with_no_casts():
+def test_the_fp32_remainder_adds_no_casts_and_keeps_an_opset_above_13():
     model, _ = export(mixed_block(), high_precision="fp32")
     assert not any(n.op_type == "Cast" for n in model.graph.node)
     assert model.opset_import[0].version == 17  # kept: already above 13

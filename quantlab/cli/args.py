@@ -287,3 +287,39 @@ def eval_options(args: argparse.Namespace, outputs: Sequence[str] = ()) -> EvalO
                        metric_params=parse_params(args.metric_params, "--metric-param"),
                        int8_arithmetic=getattr(args, "int8_arithmetic", "tensorrt"),
                        providers=args.provider)
+
+
+def qdq_summary(report, headline: str, ranges_from: str, typed_from: str) -> list[str]:
+    """The summary lines of a Q/DQ export (:class:`~quantlab.qdq.QdqReport`), as export-qdq and
+    calibrate -o X.qdq.onnx print them."""
+    rules = ", ".join(f"{rule} {count}" for rule, count in report.applied.items())
+    text = [f"{headline}: Q/DQ on {len(report.quantized_activations)} activations and "
+            f"{len(report.quantized_weights)} weights (per channel), ranges from {ranges_from}",
+            f"  placement   : {report.placement} ({rules})",
+            f"  types       : {report.summary()}" + (f" (typed from {typed_from})" if report.high_precision != "fp32"
+                                                      else "")]
+    if report.unmeasured and report.high_precision == "fp16":
+        text.append(f"  note: {report.unmeasured} tensors had no measured range and are {report.high_precision}; "
+                    "calibrate with --tensors all (or pass --stats) to decide them from data")
+    if report.float_layers:
+        shown = "; ".join(f"{node} ({why})" for node, why in list(report.float_layers.items())[:3])
+        text.append(f"  left float  : {len(report.float_layers)} small layers: {shown}")
+    for tensor, shared in list(report.shared_scales.items())[:3]:
+        text.append(f"  shared scale: {tensor} takes amax {shared['amax']:.4g} (own {shared['own_amax']:.4g}) "
+                    f"with the other inputs of its Concat")
+    if report.unmatched_ranges:
+        text.append(f"  {len(report.unmatched_ranges)} cache entries match no tensor of the model: "
+                    + ", ".join(report.unmatched_ranges[:5]) + (" ..." if len(report.unmatched_ranges) > 5 else ""))
+    if report.missing_ranges:
+        text.append(f"  {len(report.missing_ranges)} quantizable tensors had no range and stay in float")
+    if report.skipped_nodes:
+        text.append(f"  {len(report.skipped_nodes)} nodes left in float on request")
+    if report.skipped_weights:
+        text.append(f"  {len(report.skipped_weights)} weights left in float:")
+        text += [f"    {node}: {why}" for node, why in list(report.skipped_weights.items())[:5]]
+    counts = report.precision_counts()
+    if report.high_precision == "fp16" and counts and counts.get("fp32", 0) > 0.5 * sum(counts.values()):
+        text.append("  warning: the measured ranges keep most ops in fp32 (fp16 would overflow or underflow); "
+                    "consider --high-precision bf16 (fp32's range) or fp32")
+    text += [f"  note: {note}" for note in report.notes]
+    return text

@@ -25,10 +25,10 @@ from .args import (
     executor_line,
     parse_params,
     qdq_options,
+    qdq_summary,
     range_policy,
     spelled,
 )
-from .export_qdq import describe
 
 EPILOG = """\
 examples:
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     if result.cache_path:
         lines.append(f"  cache       : {result.cache_path}  ({table.provenance['trt_cache_header']})")
     if result.qdq_report is not None:
-        lines += describe(result.qdq_report, f"  Q/DQ model  : {result.qdq_path}", "this calibration",
+        lines += qdq_summary(result.qdq_report, f"  Q/DQ model  : {result.qdq_path}", "this calibration",
                           "the measured ranges of this calibration")
         data["qdq"] = result.qdq_report.to_dict()
     lines.append(f"  table       : {result.table_path}")

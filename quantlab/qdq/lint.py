@@ -255,8 +255,8 @@ def rule_dangling_dq(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
 def rule_no_int8_kernel(index: GraphIndex, plan: PrecisionPlan) -> list[Finding]:
     """``no-int8-kernel``: an activation DequantizeLinear read by an op TensorRT has no INT8 kernel
     for and cannot fuse it into (Relu, Sigmoid, Softmax, LayerNormalization, Mul ...): the pair
-    costs a reformat and buys nothing. A pair between a Conv and its activation is the
-    ``qdq-between-conv-and-activation`` error instead."""
+    costs a reformat and buys nothing. A pair between a Conv and its activation is reported by
+    ``qdq-between-conv-and-activation`` instead."""
     covered = set()
     for q in _qdq(index):
         hit = _activation_after_conv_pair(index, q) if index.nodes[q].op_type == "QuantizeLinear" else None

@@ -177,17 +177,16 @@ def place(model: onnx.ModelProto, activations: set[str], amax: Mapping[str, floa
 
     if "commuting-share" in rules:
         shared = 0
-        sources: dict[str, list[str]] = {}
+        sources: dict[str, list[tuple[str, int]]] = {}  # source -> (chained target, first node of its chain)
         for name in list(pairs):
-            source, _ = _commuting_source(name, nodes, producer, readers, activations, graph_outputs)
+            source, first = _commuting_source(name, nodes, producer, readers, activations, graph_outputs)
             if source != name:
-                sources.setdefault(source, []).append(name)
+                sources.setdefault(source, []).append((name, first))
         for source, chained in sources.items():
             if len(chained) + (source in pairs) < 2 or source not in amax:
                 continue
             pair = pairs.setdefault(source, Pair(source, [], (source,), "commuting-share"))
-            for name in chained:
-                _, first = _commuting_source(name, nodes, producer, readers, activations, graph_outputs)
+            for name, first in chained:
                 pair.consumers.append((first, 0))
                 del pairs[name]  # the chain now carries values on the source's INT8 grid
             pair.rule = "commuting-share"

@@ -163,6 +163,7 @@ def decide(model: onnx.ModelProto, measured: Mapping[str, MeasuredRange], high: 
     origin = _dequantized_origin(model)
     shapes = _static_shapes(model)
     opset = opset_of(model)
+    producers = {out: node for node in graph.node for out in node.output}
     decisions: dict[int, NodePrecision] = {}
     for index, node in enumerate(graph.node):
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
@@ -175,14 +176,14 @@ def decide(model: onnx.ModelProto, measured: Mapping[str, MeasuredRange], high: 
         if high == "fp32":
             decisions[index] = NodePrecision(key, node.op_type, "fp32", int8)
             continue
-        reason = convertible(node, ELEMENT_TYPES[high], initializers, opset)
+        reason = convertible(node, ELEMENT_TYPES[high], opset)
         if not reason:
             tensors = [origin.get(name, name) for name in data] + [o for o in node.output if o in activations]
             reason = next((why for why in (unsafe_reason(t, measured.get(t), high) for t in tensors) if why), "")
         if not reason and high == "fp16" and node.op_type in ACCUMULATING_OPS:
             reason = _accumulation_reason(node, origin.get(node.input[0], node.input[0]), measured, shapes)
         if not reason and high == "fp16" and int8:
-            reason = _scale_reason(node, model, initializers)
+            reason = _scale_reason(node, producers, initializers)
         decisions[index] = NodePrecision(key, node.op_type, "fp32" if reason else high, int8, reason)
     return decisions
 
@@ -217,7 +218,7 @@ def qdq_types(model: onnx.ModelProto, decisions: Mapping[int, NodePrecision], me
     return types
 
 
-def convertible(node: onnx.NodeProto, target: int, initializers: Mapping[str, onnx.TensorProto], opset: int) -> str:
+def convertible(node: onnx.NodeProto, target: int, opset: int) -> str:
     """'' if ``node`` can compute in ``target`` (its schema at the model's ``opset`` allows it), else why not."""
     label = helper.tensor_dtype_to_string(target).replace("TensorProto.", "").lower()
     if node.domain not in ("", "ai.onnx"):
@@ -255,7 +256,7 @@ def retype(model: onnx.ModelProto, precisions: Mapping[int, int], *, check: bool
     graph = result.graph
     if not precisions:
         return result
-    bound = {i: _bound_positions(graph.node[i], precisions[i], types, initializers, opset_of(result))
+    bound = {i: _bound_positions(graph.node[i], precisions[i], types, opset_of(result))
              for i in precisions}
     # Who reads each name in float32: nodes left as they are, positions a converted node keeps, outputs.
     outside = {o.name for o in graph.output}
@@ -353,7 +354,7 @@ def rounded(model: onnx.ModelProto, precisions: Mapping[int, int]) -> onnx.Model
             ordered.append(node)
             continue
         target = precisions[index]
-        inputs, outputs = _bound_positions(node, target, types, initializers, opset_of(result))
+        inputs, outputs = _bound_positions(node, target, types, opset_of(result))
         for position in sorted(inputs):
             name = node.input[position]
             if (name, target) not in done:
@@ -494,10 +495,10 @@ def _float_params(schema, target: int) -> set[str]:
 
 
 def _bound_positions(node: onnx.NodeProto, target: int, types: Mapping[str, int],
-                     initializers: Mapping[str, onnx.TensorProto], opset: int) -> tuple[set[int], set[int]]:
+                     opset: int) -> tuple[set[int], set[int]]:
     """The input and output positions of ``node`` that change type: bound to a type parameter that
     holds float32 in this node and allows ``target``."""
-    reason = convertible(node, target, initializers, opset)
+    reason = convertible(node, target, opset)
     if reason:
         raise QuantlabError(f"node {_key(node)!r} cannot be retyped: {reason}", params=("high_precision",))
     schema = _schema(node, opset)
@@ -570,8 +571,8 @@ def _reduced_count(node: onnx.NodeProto, shape: Optional[tuple], out: Optional[t
     return None
 
 
-def _scale_reason(node: onnx.NodeProto, model: onnx.ModelProto, initializers: Mapping[str, onnx.TensorProto]) -> str:
-    producers = {out: n for n in model.graph.node for out in n.output}
+def _scale_reason(node: onnx.NodeProto, producers: Mapping[str, onnx.NodeProto],
+                  initializers: Mapping[str, onnx.TensorProto]) -> str:
     for name in node.input:
         dq = producers.get(name)
         if dq is None or dq.op_type != "DequantizeLinear":

@@ -13,7 +13,7 @@ from typing import Optional, Union
 
 from ..errors import QuantlabError
 from ..formats.trtcache import DEFAULT_TRT_VERSION
-from ..precision import HIGH_PRECISIONS
+from ..precision import TRTEXEC_PRECISIONS
 from .auto import DEFAULT_SAMPLES
 
 
@@ -28,8 +28,8 @@ class Budget:
     high_precision: str = "fp16"
 
     def __post_init__(self) -> None:  # refused where it is made: before any work
-        if self.high_precision not in HIGH_PRECISIONS:
-            raise QuantlabError(f"`high_precision` must be one of {', '.join(HIGH_PRECISIONS)}, got "
+        if self.high_precision not in TRTEXEC_PRECISIONS:
+            raise QuantlabError(f"`high_precision` must be one of {', '.join(TRTEXEC_PRECISIONS)}, got "
                                 f"{self.high_precision!r}", params=("high_precision",))
         if not (isinstance(self.max_drop, (int, float)) and self.max_drop >= 0):
             raise QuantlabError(f"`max_drop` must be a number of percentage points >= 0, got {self.max_drop!r}",
