@@ -129,5 +129,5 @@ def detect_dataset_adapter(source: str) -> type:
     check_source_exists(source)
     raise DataError(
         f"cannot tell what kind of data {source!r} is (not a .npy/.npz file, an IDX file, "
-        "an image folder or module:function); check the path or pass --data-format"
+        "an image folder, Polygraphy inputs JSON or module:function); check the path or pass --data-format"
     )

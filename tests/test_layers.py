@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantlab.weights", "quantlab.plugins", "quantlab.report", "quantlab.calibrators"),
     ("quantlab.workload",),  # what model, what data: every command takes these from here
     ("quantlab.collector", "quantlab.statistics", "quantlab.table", "quantlab.formats", "quantlab.cachetool",
-     "quantlab.qdq", "quantlab.precision", "quantlab.backends"),
+     "quantlab.qdq", "quantlab.precision", "quantlab.backends", "quantlab.roundtrip"),
     ("quantlab.executors",),
     ("quantlab.calibrate",),  # the pipeline: range choosers plug in through entry points, never imported
     ("quantlab.evaluation",),

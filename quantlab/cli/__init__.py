@@ -20,7 +20,20 @@ from typing import Optional
 from .. import __version__, defaults
 from ..atomic import protect_inputs, reset_written, written_files
 from ..errors import QuantlabError, Terminated
-from . import build, cache, calibrate, collect, compare, export_qdq, merge_stats, qdq, sweep, tune
+from . import (
+    build,
+    cache,
+    calibrate,
+    collect,
+    compare,
+    engine,
+    export_inputs,
+    export_qdq,
+    merge_stats,
+    qdq,
+    sweep,
+    tune,
+)
 from .args import flag_spelling
 
 __all__ = ["build_parser", "run"]
@@ -43,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quantlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for command in (calibrate, collect, merge_stats, export_qdq, qdq, compare, sweep, tune, build, cache):
+    for command in (calibrate, collect, merge_stats, export_qdq, qdq, compare, export_inputs, engine, sweep, tune,
+                    build, cache):
         command.add_parser(sub)
     return parser
 
@@ -51,13 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 def _inputs_of(args: argparse.Namespace) -> list:
     """Every file the command reads: no output may replace one of them."""
     found = []
-    for key in ("model", "data", "eval_data", "cache", "file", "a", "b", "preprocess_config"):
+    for key in ("model", "data", "eval_data", "cache", "qdq", "file", "a", "b", "preprocess_config",
+                "engine_outputs", "layer_info", "profile"):
         value = getattr(args, key, None)
         if isinstance(value, str):
             found.append(value)
     for key in ("stats", "inputs"):
         found += [v for v in (getattr(args, key, None) or []) if isinstance(v, str)]
-    if getattr(args, "command", None) in ("calibrate", "collect", "compare", "sweep", "export-qdq") \
+    if getattr(args, "command", None) in ("calibrate", "collect", "compare", "sweep", "export-qdq", "export-inputs") \
             and getattr(args, "model", None) is None:
         found.append(str(defaults.MODEL))
     return found

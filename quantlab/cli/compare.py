@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import QuantlabError
 from ..evaluation.options import CompareOptions
+from ..evaluation.roundtrip import DIVERGENCE_DB, EngineFiles
 from .args import (
     add_data_arguments,
     add_evaluation_arguments,
@@ -30,11 +31,22 @@ def add_parser(sub) -> None:
                                  "'quantlab calibrate'\n  quantlab compare model.onnx --cache model.quantlab.json "
                                  "--data val.npz --metric detection --metric-param score_threshold=0.3\n"
                                  "  quantlab compare model.onnx --cache model.cache --data heldout/ "
-                                 "--int8-arithmetic onnxruntime --tensor-samples 0",
+                                 "--int8-arithmetic onnxruntime --tensor-samples 0\n"
+                                 "  quantlab compare model.onnx --cache model.cache --data heldout/ "
+                                 "--first-divergence\n\n"
+                                 "the engine round trip (docs/gpu-round-trip.md):\n"
+                                 "  quantlab export-inputs model.onnx --data heldout/ -o inputs.json\n"
+                                 "  # GPU host: polygraphy run model.qdq.onnx --trt --load-inputs inputs.json "
+                                 "--save-outputs engine.json\n"
+                                 "  quantlab compare model.onnx --qdq model.qdq.onnx --data heldout/ "
+                                 "--engine-outputs engine.json --layer-info layers.json",
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     cmp_.add_argument("model", nargs="?", help="ONNX model (default: the embedded one)")
-    cmp_.add_argument("--cache", metavar="FILE", help="ranges (any format; default for the embedded "
-                      "model: ./fashion_mnist_cnn.cache from 'quantlab calibrate')")
+    source = cmp_.add_mutually_exclusive_group()
+    source.add_argument("--cache", metavar="FILE", help="ranges (any format; default for the embedded "
+                        "model: ./fashion_mnist_cnn.cache from 'quantlab calibrate')")
+    source.add_argument("--qdq", metavar="MODEL", help="a Q/DQ ONNX model (any tool's), compared as written instead "
+                        "of one built from --cache: the file an engine was built from")
     cmp_.add_argument("--report", metavar="DIR", help="write report.md/.html/.json and plots here")
     cmp_.add_argument("--output", action="append", default=[], metavar="NAME",
                       help="model output to compare (repeatable; default: all)")
@@ -45,7 +57,18 @@ def add_parser(sub) -> None:
     add_evaluation_arguments(cmp_, "--metric")
     cmp_.add_argument("--tensor-samples", type=count_type(0), default=32, metavar="N",
                       help="held-out samples the per-tensor errors are measured on (default 32; 0: skip)")
+    cmp_.add_argument("--first-divergence", nargs="?", type=float, const=DIVERGENCE_DB, metavar="DB",
+                      help="name the first tensors (graph order) whose SQNR falls below DB (default "
+                      f"{DIVERGENCE_DB:g}) and those that lose most against their own inputs")
     cmp_.add_argument("--json", action="store_true", help="print the JSON report instead of the summary")
+    trt = cmp_.add_argument_group("a real engine's files (from the GPU host; docs/gpu-round-trip.md)")
+    trt.add_argument("--engine-outputs", metavar="JSON", help="Polygraphy --save-outputs or trtexec --exportOutput "
+                     "of the engine run on 'quantlab export-inputs' samples: held against FP32 and the emulation")
+    trt.add_argument("--runner", metavar="NAME", help="which runner of a Polygraphy file holding several "
+                     "(a prefix is enough)")
+    trt.add_argument("--layer-info", metavar="JSON", help="trtexec --exportLayerInfo (or a --verbose build log): "
+                     "what ran in INT8, against the precision plan")
+    trt.add_argument("--profile", metavar="JSON", help="trtexec --exportProfile of the same engine (with --layer-info)")
     add_data_arguments(cmp_, "held-out data (default: the embedded held-out Fashion-MNIST test images)")
     cmp_.set_defaults(func=run, command_parser=cmp_)
 
@@ -53,17 +76,18 @@ def add_parser(sub) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..evaluation.compare import compare
 
-    cache = args.cache
+    cache = args.qdq or args.cache
     if cache is None:
         if args.model is not None:
-            raise QuantlabError("compare needs --cache for a model of your own")
+            raise QuantlabError("compare needs --cache (ranges) or --qdq (a Q/DQ model) for a model of your own")
         cache = "fashion_mnist_cnn.cache"
         if not Path(cache).exists():
             raise QuantlabError("no ./fashion_mnist_cnn.cache here: run 'quantlab calibrate' first, or pass --cache")
     result = compare(args.model, cache, data_spec(args), evaluation=eval_options(args, args.output),
                      qdq=qdq_options(args),
-                     options=CompareOptions(args.backend, args.tensor_samples, args.worst), report=args.report,
-                     progress=not args.quiet)
+                     options=CompareOptions(args.backend, args.tensor_samples, args.worst, args.first_divergence),
+                     engine=EngineFiles(args.engine_outputs, args.runner, args.layer_info, args.profile),
+                     report=args.report, progress=not args.quiet)
     data = result.data
     lines = [f"compared on {data['data']['samples']} held-out samples "
              f"(ranges: {data['ranges']['format']} {data['ranges']['file']})",
@@ -82,8 +106,46 @@ def run(args: argparse.Namespace) -> int:
     lines.append(f"  latency batch 1 (median): FP32 {data['latency']['fp32_ms']:.3f} ms, "
                  f"INT8 {data['latency']['int8_ms']:.3f} ms")
     lines.append(f"  INT8 arithmetic: {data['execution']['verdict']}")
+    lines += _roundtrip_lines(data)
     lines += [f"  {spelled(args, note)}" for note in data["notes"]]
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _roundtrip_lines(data: dict) -> list[str]:
+    """The summary lines of the engine's files and of the first divergence, when asked for."""
+    lines = []
+    engine = data.get("engine")
+    if engine:
+        lines.append(f"  engine ({engine['tool']} {engine['runner']}, {engine['samples']} samples):")
+        for vs, agree in zip(engine["vs_fp32"]["outputs"], engine["emulation_vs_engine"]["outputs"]):
+            keys = (("top-1", "int8_top1"), ("agreement", "top1_agreement"), ("SQNR dB", "sqnr_db"))
+            parts = [f"{label} {vs[key]:.4f}" for label, key in keys if key in vs]
+            lines.append(f"    {vs['output']}: vs FP32 " + ", ".join(parts)
+                         + f"; emulation vs engine SQNR {agree['sqnr_db']:.2f} dB, max abs err "
+                         f"{agree['max_abs_error']:.3g}")
+    info = data.get("layer_info")
+    if info:
+        lines.append(f"  layer info: {info['headline']}")
+        if info["nodes"]:
+            ran = sum(1 for n in info["nodes"] if n["engine"] == "int8")
+            lines.append(f"    Conv/Gemm/MatMul in INT8: {ran} of {len(info['nodes'])}; "
+                         f"{len(info['differs_from_plan'])} differ from the plan")
+        lines += [f"    note: {note}" for note in info["notes"]]
+    found = data.get("first_divergence")
+    if found:
+        first = found["below_threshold"][:1]
+        drop = found["largest_drops"][:1]
+        if first:
+            r = first[0]
+            lines.append(f"  first divergence below {found['threshold_db']:g} dB: {r['tensor']} ({r['op_type']} "
+                         f"{r['node']}, {r['sqnr_db']:.1f} dB)")
+        else:
+            lines.append(f"  no tensor falls below {found['threshold_db']:g} dB")
+        if drop:
+            r = drop[0]
+            lines.append(f"  largest drop: {r['tensor']} ({r['op_type']} {r['node']}): {r['input_sqnr_db']:.1f} -> "
+                         f"{r['sqnr_db']:.1f} dB")
+    return lines

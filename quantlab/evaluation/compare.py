@@ -25,11 +25,18 @@ from ..errors import QuantlabError
 from ..formats.ranges import RangeFile, read_ranges
 from ..preprocess import DataFingerprint
 from ..qdq import MeasuredRange, QdqOptions, export_qdq, precision_plan
+from ..qdq.plan import quantized_ranges
+from ..qdq.remainder import emulated
 from ..report import Report, histogram_figure, sqnr_figure
+from ..roundtrip.inspect import Inspection, inspect
+from ..roundtrip.layers import read_layer_info
+from ..roundtrip.outputs import read_engine_outputs
+from ..roundtrip.trtexec import read_profile
 from ..workload import DataSpec, ModelSource, resolve_model, select_outputs, table_path_for
 from .engine import OrtRunner, TensorErrors, check_arithmetic, evaluate, execution_verdict, tensor_errors
 from .heldout import HeldOut
 from .options import CompareOptions, EvalOptions
+from .roundtrip import EngineFiles, compare_engine, file_names, first_divergence, is_qdq_file, read_qdq_model
 
 
 def _overlap(ranges: RangeFile, heldout: DataFingerprint) -> Optional[int]:
@@ -60,12 +67,17 @@ class CompareResult:
 
 def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFile, None] = None,
             data: Optional[DataSpec] = None, *, evaluation: EvalOptions = EvalOptions(), qdq: QdqOptions = QdqOptions(),
-            options: CompareOptions = CompareOptions(), report: Optional[Union[str, Path]] = None,
-            progress: bool = True) -> CompareResult:
+            options: CompareOptions = CompareOptions(), engine: EngineFiles = EngineFiles(),
+            report: Optional[Union[str, Path]] = None, progress: bool = True) -> CompareResult:
     """FP32 vs the Q/DQ model built from ``cache`` (placed as ``qdq`` says) on held-out ``data``,
     judged as ``evaluation`` says (:class:`~quantlab.evaluation.options.EvalOptions`: the metric, the
-    INT8 arithmetic); per-tensor errors, latency and the INT8 backend as ``options`` says. Writes a
-    report folder when ``report`` is given.
+    INT8 arithmetic); per-tensor errors, latency, the INT8 backend and the first divergence as
+    ``options`` says. Writes a report folder when ``report`` is given.
+
+    ``cache`` may also be a Q/DQ ONNX model (``*.onnx``, any tool's): it is then compared as written
+    (its typed remainder emulated, :func:`quantlab.qdq.remainder.emulated`). ``engine``: what a real
+    TensorRT engine of that model left on its GPU host (:class:`~quantlab.evaluation.roundtrip.EngineFiles`):
+    its outputs are held against FP32 and against the emulation, its layer info against the plan.
 
     Per-tensor errors are measured on the first ``options.tensor_samples`` held-out samples, in a
     pass of their own, so they never change the arithmetic of the headline numbers.
@@ -75,28 +87,43 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     graph = resolve_model(model)
     data = data or DataSpec()
     if cache is None:
-        raise QuantlabError("compare needs `cache` (a TensorRT cache, ONNX Runtime table or quantlab table)",
-                            params=("cache",))
+        raise QuantlabError("compare needs `cache` (a TensorRT cache, ONNX Runtime table, quantlab table or a "
+                            "Q/DQ ONNX model)", params=("cache",))
     if worst < 0:
         raise QuantlabError(f"`worst` must be 0 or more, got {worst}", params=("worst",))
     if report is not None:
         check_output_folder(report)
-    ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
-    weights = measured = None
-    if ranges.format == "quantlab":
-        table = ranges.extra["table"]
-        table.check_model(graph.sha256, graph.activations)
-        weights = table.weights
-        measured = {name: MeasuredRange.from_dict(v) for name, v in table.provenance.get("measured", {}).items()}
-    # The typed model is what is written (and what a TensorRT backend builds); the scored model
-    # computes what it stores (fp16 tensors rounded to fp16), with the same tensor names.
-    typed_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None)
-    qdq_model, _ = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None, emulate=True)
+    ranges = qdq_report = None
+    if is_qdq_file(cache):
+        typed_model = read_qdq_model(cache, graph)
+        qdq_model = emulated(typed_model)
+        amax = quantized_ranges(typed_model)
+        ranges_info = {"file": str(cache), "format": "qdq-onnx", "method": None}
+    else:
+        ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
+        weights = measured = None
+        if ranges.format == "quantlab":
+            table = ranges.extra["table"]
+            table.check_model(graph.sha256, graph.activations)
+            weights = table.weights
+            measured = {name: MeasuredRange.from_dict(v) for name, v in table.provenance.get("measured", {}).items()}
+        # The typed model is what is written (and what a TensorRT backend builds); the scored model
+        # computes what it stores (fp16 tensors rounded to fp16), with the same tensor names.
+        typed_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None)
+        qdq_model, _ = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None, emulate=True)
+        amax = ranges.amax
+        ranges_info = {"file": ranges.source, "format": ranges.format,
+                       "method": ranges.extra.get("method") if ranges.extra else None}
+    engine_outputs = read_engine_outputs(engine.outputs, engine.runner) if engine.outputs is not None else None
+    layers = _inspection(engine, typed_model)
     qdq_bytes = typed_model.SerializeToString()
     plan = precision_plan(typed_model)
     output_names = select_outputs(graph, evaluation.outputs)
     inputs = {s.name for s in graph.inputs}
-    internal = [name for name in graph.activations if name not in inputs and name not in output_names]
+    aliases = file_names(graph.activations, qdq_model)
+    amax = {name: amax[aliases.get(name, name)] for name in graph.activations if aliases.get(name, name) in amax}
+    internal = [name for name in graph.activations if name not in inputs and name not in output_names
+                and name in aliases]
     heldout = HeldOut(graph, data)
     first = next(heldout.batches(limit=1, batch_size=1))
     sizes, per_run = heldout.activation_sizes(providers)
@@ -116,10 +143,16 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     tensor_limit = min(len(heldout), options.tensor_samples)
     if internal and tensor_limit:
         errors = tensor_errors(graph.model, qdq_model, internal, lambda: heldout.batches(limit=tensor_limit),
-                               providers=providers, arithmetic=int8_arithmetic, per_run=per_run, sizes=sizes)
+                               providers=providers, arithmetic=int8_arithmetic, per_run=per_run, sizes=sizes,
+                               aliases=aliases)
     else:
         errors = TensorErrors([], {}, 0)
-    overlap = _overlap(ranges, fingerprint)
+    overlap = _overlap(ranges, fingerprint) if ranges is not None else None
+    engine_result = None
+    if engine_outputs is not None:
+        engine_result = compare_engine(engine_outputs, fp32, int8, heldout, output_names, metric=evaluation.metric,
+                                       metric_params=dict(evaluation.metric_params), per_run=per_run,
+                                       progress=progress)
     latency = {
         "batch": 1,
         "fp32": fp32.latency(first.inputs),
@@ -136,14 +169,11 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         "kind": "compare",
         "model": {"path": str(graph.path) if graph.path else None, "sha256": graph.sha256,
                   "size_bytes": fp32_size},
-        "int8_model": {"size_bytes": len(qdq_bytes), "placement": qdq.placement,
-                       "qdq": qdq_report.to_dict(), "precision_plan": {k: v for k, v in plan.to_dict().items()
-                                                                        if k != "nodes"},
-                       "quantized_activations": len(qdq_report.quantized_activations),
-                       "quantized_weights": len(qdq_report.quantized_weights),
-                       "unmatched_ranges": qdq_report.unmatched_ranges, "left_in_float": qdq_report.skipped_nodes},
-        "ranges": {"file": ranges.source, "format": ranges.format, "method": ranges.extra.get("method")
-                   if ranges.extra else None},
+        "int8_model": {"size_bytes": len(qdq_bytes), "precision_plan": {k: v for k, v in plan.to_dict().items()
+                                                                         if k != "nodes"},
+                       **(_written_by_quantlab(qdq_report, qdq) if qdq_report is not None
+                          else _read_from_file(typed_model))},
+        "ranges": ranges_info,
         "data": {"source": str(heldout.source), "scaling": heldout.scaling,
                  "samples": result.samples, "fingerprint": fingerprint.hexdigest,
                  "overlap_with_calibration": overlap},
@@ -161,6 +191,9 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     if overlap:
         out["notes"].append(f"WARNING: {overlap} of the {result.samples} held-out samples were also used for "
                             "calibration; the accuracy numbers are optimistic")
+    elif overlap is None and ranges is None:
+        out["notes"].append("a Q/DQ model records no calibration samples: overlap with the calibration data could "
+                            "not be checked")
     elif overlap is None:
         out["notes"].append("the ranges file records no calibration samples (and no quantlab table beside it "
                             "does): overlap with the calibration data could not be checked")
@@ -173,13 +206,58 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     if errors.samples and errors.samples < result.samples:
         out["notes"].append(f"per-tensor errors measured on the first {errors.samples} held-out samples "
                             "(`tensor_samples`); the output numbers on all of them")
-    thresholds = {name: {"amax": ranges.amax[name]} for name in (r["tensor"] for r in worst_rows[:6])
-                  if name in ranges.amax}
+    if engine_result is not None:
+        out["engine"] = engine_result.to_dict()
+        out["notes"] += engine_result.notes
+    if layers is not None:
+        out["layer_info"] = layers.to_dict()
+    if options.first_divergence is not None:
+        if not internal or not tensor_limit:
+            raise QuantlabError("--first-divergence reads the per-tensor errors: keep --tensor-samples above 0 "
+                                "and the onnxruntime backend", params=("first_divergence",))
+        out["first_divergence"] = first_divergence(graph.model, errors, amax, options.first_divergence)
+    thresholds = {name: {"amax": amax[name]} for name in (r["tensor"] for r in worst_rows[:6]) if name in amax}
     hist = {r["tensor"]: errors.histograms[r["tensor"]] for r in worst_rows[:6] if r["tensor"] in errors.histograms}
+    if "first_divergence" in out:
+        named = [r["tensor"] for part in ("below_threshold", "largest_drops") for r in out["first_divergence"][part]]
+        rows = {r["tensor"]: r for part in ("below_threshold", "largest_drops") for r in out["first_divergence"][part]}
+        inputs_of = [i for t in dict.fromkeys(named) for i in rows[t]["input_ranges"]]
+        divergence = {t: errors.histograms[t] for t in dict.fromkeys(inputs_of) if t in errors.histograms}
+        hist = {"worst": hist, "divergence": divergence,
+                "divergence_thresholds": {t: {"amax": amax[t]} for t in divergence}}
+    else:
+        hist = {"worst": hist}
     doc = _compare_report(out, hist, thresholds)
     if report is not None:
         doc.write(report)
     return CompareResult(out, doc)
+
+
+def _inspection(engine: EngineFiles, typed_model) -> Optional[Inspection]:
+    """The engine's layer info (and profile) held against the Q/DQ model, when given."""
+    if engine.layer_info is None:
+        if engine.profile is not None:
+            raise QuantlabError("an engine profile is read with its layer info: pass --layer-info too",
+                                params=("profile",))
+        return None
+    profile = read_profile(engine.profile)[-1] if engine.profile is not None else None
+    return inspect(read_layer_info(engine.layer_info), typed_model, profile)
+
+
+def _written_by_quantlab(report, qdq: QdqOptions) -> dict:
+    return {"placement": qdq.placement, "qdq": report.to_dict(),
+            "quantized_activations": len(report.quantized_activations),
+            "quantized_weights": len(report.quantized_weights),
+            "unmatched_ranges": report.unmatched_ranges, "left_in_float": report.skipped_nodes}
+
+
+def _read_from_file(model) -> dict:
+    """What a Q/DQ file from elsewhere says of itself (no export report exists for it)."""
+    amax = quantized_ranges(model)
+    weights = sum(1 for node in model.graph.node if node.op_type == "DequantizeLinear"
+                  and node.input[0] in {init.name for init in model.graph.initializer})
+    return {"placement": None, "qdq": None, "quantized_activations": len(amax), "quantized_weights": weights,
+            "unmatched_ranges": [], "left_in_float": []}
 
 
 def _tensorrt_runner(qdq_bytes: bytes):
@@ -249,17 +327,82 @@ def _compare_report(data: dict, histograms: dict, thresholds: dict) -> Report:
                   "ONNX Runtime threads.")
     doc.heading("Precision plan on TensorRT 11")
     q, expected = data["int8_model"]["qdq"], data["int8_model"]["precision_plan"]
-    doc.paragraph(f"Placement `{q['placement']}`, remainder `{q['high_precision']}`: "
-                  + ", ".join(f"{n} ops {p}" for p, n in q["precision_counts"].items())
-                  + f". Expected on TensorRT 11: {expected['headline']}. The scores above are those of this "
-                  "typed model (its fp16 tensors rounded to fp16, INT8 exact).")
-    if q["fp32"]:
-        doc.table(["kept in fp32", "why"], [[node, why] for node, why in list(q["fp32"].items())[:20]])
+    if q is None:
+        doc.paragraph(f"The Q/DQ model `{data['ranges']['file']}` as written. Expected on TensorRT 11: "
+                      f"{expected['headline']}. The scores above are those of this file (its fp16 tensors "
+                      "rounded to fp16, INT8 exact).")
+    else:
+        doc.paragraph(f"Placement `{q['placement']}`, remainder `{q['high_precision']}`: "
+                      + ", ".join(f"{n} ops {p}" for p, n in q["precision_counts"].items())
+                      + f". Expected on TensorRT 11: {expected['headline']}. The scores above are those of this "
+                      "typed model (its fp16 tensors rounded to fp16, INT8 exact).")
+        if q["fp32"]:
+            doc.table(["kept in fp32", "why"], [[node, why] for node, why in list(q["fp32"].items())[:20]])
+    if "engine" in data:
+        _engine_section(doc, data["engine"])
+    if "layer_info" in data:
+        _layer_info_section(doc, data["layer_info"])
     doc.heading("Tensors that lose the most (lowest SQNR)")
     doc.table(["tensor", "SQNR dB"], [[t["tensor"], t["sqnr_db"]] for t in data["worst_tensors"]])
     doc.figure(sqnr_figure(data["tensors"]))
-    doc.figure(histogram_figure(histograms, thresholds, "worst_tensors_histograms.png",
+    doc.figure(histogram_figure(histograms["worst"], thresholds, "worst_tensors_histograms.png",
                                 "Held-out |x| histograms of the worst tensors with the calibrated threshold"))
+    if "first_divergence" in data:
+        _divergence_section(doc, data["first_divergence"], histograms)
     return doc
 
 
+
+
+def _engine_section(doc: Report, engine: dict) -> None:
+    doc.heading("The real engine")
+    doc.paragraph(f"Outputs of `{engine['source']}` ({engine['tool']}, runner `{engine['runner']}`, "
+                  f"{engine['iterations']} iterations, {engine['samples']} samples), matched to the held-out "
+                  "samples in order. Engine against FP32, with the metric above:")
+    keys = [("top-1 engine", "int8_top1"), ("top-1 agreement", "top1_agreement"), ("cosine", "cosine_similarity"),
+            ("SQNR dB", "sqnr_db"), ("max abs err", "max_abs_error")]
+    rows = engine["vs_fp32"]["outputs"]
+    present = [(label, key) for label, key in keys if any(key in o for o in rows)]
+    doc.table(["output"] + [label for label, _ in present], [[o["output"]] + [o.get(k, "") for _, k in present]
+                                                             for o in rows])
+    doc.paragraph("quantlab's emulation against the engine (the engine is the reference: how closely the "
+                  "emulated Q/DQ model predicts what TensorRT computed):")
+    rows = engine["emulation_vs_engine"]["outputs"]
+    doc.table(["output", "SQNR dB", "cosine", "max abs err"],
+              [[o["output"], o.get("sqnr_db"), o.get("cosine_similarity"), o.get("max_abs_error")] for o in rows])
+
+
+def _layer_info_section(doc: Report, info: dict) -> None:
+    doc.heading("What the engine ran")
+    doc.paragraph(f"`{info['source']}`: {info['headline']}.")
+    for note in info["notes"]:
+        doc.paragraph(note)
+    nodes = info["nodes"]
+    if nodes:
+        ran = sum(1 for n in nodes if n["engine"] == "int8")
+        doc.paragraph(f"Conv/Gemm/MatMul: {ran} of {len(nodes)} ran in INT8; "
+                      f"{len(info['differs_from_plan'])} differ from the precision plan.")
+        if info["differs_from_plan"]:
+            doc.table(["node", "op", "planned", "ran", "engine layer"],
+                      [[n["node"], n["op_type"], n["planned"], n["engine"], n["layer"]]
+                       for n in info["differs_from_plan"][:30]])
+
+
+def _divergence_section(doc: Report, found: dict, histograms: dict) -> None:
+    doc.heading("First divergence")
+    doc.paragraph(f"Tensors in graph order, measured on {found['samples']} held-out samples with the Q/DQ model "
+                  "executed as written (every op as the file says, no fusion: asking for a tensor changes none "
+                  f"of its values). Below {found['threshold_db']:g} dB first, then the largest drops against the "
+                  "tensor's own inputs (where the error is made, not inherited). Their histograms are in "
+                  "[divergence_histograms.png](divergence_histograms.png).")
+    for title, rows in (("first below the threshold", found["below_threshold"]),
+                        ("largest drops", found["largest_drops"])):
+        doc.paragraph(title.capitalize() + ":" if rows else f"No tensor {title}.")
+        if rows:
+            doc.table(["tensor", "node", "op", "SQNR dB", "inputs' SQNR dB", "drop dB", "INT8 input ranges (amax)"],
+                      [[r["tensor"], r["node"], r["op_type"], r["sqnr_db"], r["input_sqnr_db"], r["drop_db"],
+                        ", ".join(f"{name} {value:.4g}" for name, value in r["input_ranges"].items()) or "float"]
+                       for r in rows])
+    doc.figure(histogram_figure(histograms["divergence"], histograms["divergence_thresholds"],
+                                "divergence_histograms.png",
+                                "Held-out |x| histograms of the diverging nodes' INT8 inputs with their range"))

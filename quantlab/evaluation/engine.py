@@ -429,9 +429,11 @@ class TensorErrors:
 def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, names: Sequence[str],
                   batches: Callable[[], Iterator], *, group: int = 32, providers: Optional[Sequence[str]] = None,
                   arithmetic: str = "tensorrt", per_run: Optional[int] = None,
-                  sizes: Optional[dict[str, int]] = None) -> TensorErrors:
+                  sizes: Optional[dict[str, int]] = None, aliases: Optional[dict[str, str]] = None) -> TensorErrors:
     """SQNR of every tensor in ``names``, a group of tensors per pass over ``batches()``
     (:func:`tensor_groups`: ``group`` at a time, or by their ``sizes`` within the budget).
+    ``aliases``: the name a tensor has in ``int8_model`` where it differs (a typed file renames its
+    fp16 tensors).
 
     Asking a session for internal tensors stops ONNX Runtime from fusing the ops around them, so
     this is a pass of its own, apart from the headline numbers; and asking for at most ``group``
@@ -443,15 +445,16 @@ def tensor_errors(fp32_model: onnx.ModelProto, int8_model: onnx.ModelProto, name
     histograms: dict[str, TensorHistogram] = {}
     samples = 0
     names = list(names)
+    aliases = aliases or {}
     for chosen in tensor_groups(names, sizes, per_run or 1, group=group):
         fp32 = OrtRunner(fp32_model, chosen, providers)
-        int8 = OrtRunner(int8_model, chosen, providers, arithmetic)
+        int8 = OrtRunner(int8_model, [aliases.get(n, n) for n in chosen], providers, arithmetic)
         samples = 0
         for batch in slices(batches(), per_run):
             ref, got = fp32.run(batch.inputs), int8.run(batch.inputs)
             for name in chosen:
                 r = ref[name].astype(np.float64, copy=False)
-                e = got[name].astype(np.float64, copy=False) - r
+                e = got[aliases.get(name, name)].astype(np.float64, copy=False) - r
                 signal[name] = signal.get(name, 0.0) + float(np.vdot(r, r))
                 noise[name] = noise.get(name, 0.0) + float(np.vdot(e, e))
                 histograms.setdefault(name, TensorHistogram()).update(ref[name])

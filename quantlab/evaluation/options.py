@@ -38,8 +38,10 @@ class EvalOptions:
 class CompareOptions:
     """What ``compare`` measures beyond the outputs: the INT8 ``backend`` (``onnxruntime`` on the CPU,
     or ``tensorrt``: an engine built from the Q/DQ model), the held-out samples the per-tensor errors
-    are measured on (``tensor_samples``; 0 skips them) and how many ``worst`` tensors to list."""
+    are measured on (``tensor_samples``; 0 skips them), how many ``worst`` tensors to list, and the
+    SQNR in dB below which ``first_divergence`` names a tensor (None: no divergence search)."""
 
     backend: str = "onnxruntime"
     tensor_samples: int = 32
     worst: int = 10
+    first_divergence: Optional[float] = None

@@ -450,6 +450,24 @@ def plan_from_index(index: GraphIndex, *, input_shapes: Optional[Mapping[str, Se
     return plan
 
 
+def quantized_ranges(model: onnx.ModelProto) -> dict[str, float]:
+    """The range each per-tensor int8 QuantizeLinear of ``model`` quantizes its input with (scale x
+    127, or x 255 - zero point for uint8), by input tensor: the ranges of any Q/DQ file."""
+    index = GraphIndex.of(model)
+    found = {}
+    for i, node in enumerate(index.nodes):
+        if node.op_type != "QuantizeLinear" or not index.is_int8(i):
+            continue
+        scale = index.value(node.input[1])
+        if scale is None or scale.size != 1:
+            continue
+        zero = index.value(node.input[2]) if len(node.input) > 2 and node.input[2] else None
+        unsigned = index.quantized_type(node) == TensorProto.UINT8
+        top = (255 - int(zero.reshape(-1)[0]) if zero is not None else 255) if unsigned else 127
+        found[node.input[0]] = float(scale.reshape(-1)[0]) * top
+    return found
+
+
 def node_precision(index: GraphIndex, i: int) -> str:
     """``int8`` where TensorRT is expected to run node ``i`` in INT8, else its float type."""
     node = index.nodes[i]
