@@ -20,13 +20,13 @@ INT8 result is dequantized into a float output.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
 
 from ..errors import DataError
+from .documents import json_document, read_text
 
 PathLike = Union[str, Path]
 
@@ -241,19 +241,8 @@ def _from_log(text: str, path: Path) -> EngineLayers:
 def read_layer_info(path: PathLike) -> EngineLayers:
     """An engine's layers from ``--exportLayerInfo`` JSON (detailed or names only) or a trtexec log."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError as exc:
-        raise DataError(f"cannot read layer info {path}: {exc.strerror}") from None
-    if not text.strip():
-        raise DataError(f"{path} is empty; expected trtexec --exportLayerInfo output")
-    stripped = text.lstrip()
-    if stripped[:1] in "{[":
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            state = "is truncated" if exc.pos >= len(text.rstrip()) - 1 else "is not valid JSON"
-            raise DataError(f"{path} {state} ({exc.msg} at character {exc.pos}); expected trtexec "
-                            "--exportLayerInfo output") from None
-        return _from_json(doc, path)
+    what = "trtexec --exportLayerInfo output"
+    text = read_text(path, what, errors="replace")
+    if text.lstrip()[:1] in "{[":
+        return _from_json(json_document(path, what), path)
     return _from_log(text, path)

@@ -32,6 +32,7 @@ import numpy as np
 
 from ..atomic import write_text_atomic
 from ..errors import DataError
+from .documents import json_document
 
 MARKER = "polygraphy_class"
 LEGACY_PREFIX = "__polygraphy_encoded_"
@@ -102,18 +103,7 @@ def decode(obj: Any, where: str) -> Any:
 def load(path: PathLike, what: str) -> Any:
     """A Polygraphy JSON file decoded (arrays as NumPy arrays), with one clear error for every way it
     can be unreadable."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a JSON file (binary content); expected Polygraphy's {what}") from None
-    try:
-        raw = json.loads(text)
-    except ValueError as exc:
-        hint = " (the file is truncated)" if text and exc.pos >= len(text.rstrip()) - 1 else ""
-        raise DataError(f"{path} is not valid JSON{hint}: {exc}; expected Polygraphy's {what}") from None
+    raw = json_document(path, f"Polygraphy's {what}")
     return decode(raw, str(path))
 
 

@@ -13,7 +13,6 @@ order and in the binding's type, nothing else. :func:`write_raw_inputs` writes o
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,35 +23,9 @@ import numpy as np
 
 from ..atomic import write_bytes_atomic
 from ..errors import DataError
+from .documents import json_documents
 
 PathLike = Union[str, Path]
-
-
-def json_documents(path: PathLike, what: str) -> list[Any]:
-    """Every JSON document in ``path``, one after another (a file holding one is the usual case)."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise DataError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not a JSON file (binary content); expected {what}") from None
-    decoder, pos, docs = json.JSONDecoder(), 0, []
-    while True:
-        while pos < len(text) and text[pos].isspace():
-            pos += 1
-        if pos >= len(text):
-            break
-        try:
-            doc, pos = decoder.raw_decode(text, pos)
-        except ValueError as exc:
-            state = "is truncated" if exc.pos >= len(text.rstrip()) - 1 else "is not valid JSON"
-            raise DataError(f"{path} {state} (document {len(docs) + 1}: {exc.msg} at character {exc.pos}); "
-                            f"expected {what}") from None
-        docs.append(doc)
-    if not docs:
-        raise DataError(f"{path} is empty; expected {what}")
-    return docs
 
 
 def _dims(text: Any, where: str) -> tuple[int, ...]:
