@@ -33,8 +33,8 @@ examples:
 PLAN_EPILOG = """\
 The plan is what TensorRT 11 is expected to do with the file (a strongly typed network runs INT8
 between Q/DQ pairs and every other op in its ONNX type); fusion groups follow TensorRT's documented
-fusions and are expectations, not an engine's layer list (a later 'quantlab' command holds them
-against trtexec --exportLayerInfo).
+fusions and are expectations, not an engine's layer list ('quantlab engine inspect LAYERS --model M'
+holds them against a real engine's trtexec --exportLayerInfo).
 
 examples:
   quantlab qdq plan model.qdq.onnx

@@ -6,14 +6,17 @@
 * :mod:`quantlab.evaluation.options` - what an evaluation is told (:class:`EvalOptions`,
   :class:`CompareOptions`);
 * :mod:`quantlab.evaluation.heldout` - the held-out samples, opened once;
-* :mod:`quantlab.evaluation.compare` and :mod:`quantlab.evaluation.sweep` - the two commands.
+* :mod:`quantlab.evaluation.compare` and :mod:`quantlab.evaluation.sweep` - the two commands;
+* :mod:`quantlab.evaluation.roundtrip` - a real engine's files held against FP32 and the emulation,
+  the inputs it should run, the first divergence.
 
-    from quantlab.evaluation import CompareOptions, EvalOptions, compare, sweep
+    from quantlab.evaluation import CompareOptions, EngineFiles, EvalOptions, compare, export_inputs, sweep
 """
 
 from ..lazy import export_lazily
 
 _EXPORTS = {"CompareResult": "compare", "compare": "compare", "CompareOptions": "options", "EvalOptions": "options",
+            "EngineFiles": "roundtrip", "export_inputs": "roundtrip",
             "SWEEP_METHODS": "sweep", "SweepOutput": "sweep", "sweep": "sweep"}
 
 __all__ = sorted(_EXPORTS)

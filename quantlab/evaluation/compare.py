@@ -114,6 +114,9 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         amax = ranges.amax
         ranges_info = {"file": ranges.source, "format": ranges.format,
                        "method": ranges.extra.get("method") if ranges.extra else None}
+    if engine.runner is not None and engine.outputs is None:
+        raise QuantlabError("`runner` picks a runner of the engine's outputs file: pass `engine_outputs` too",
+                            params=("runner",))
     engine_outputs = read_engine_outputs(engine.outputs, engine.runner) if engine.outputs is not None else None
     layers = _inspection(engine, typed_model)
     qdq_bytes = typed_model.SerializeToString()
@@ -150,7 +153,9 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     overlap = _overlap(ranges, fingerprint) if ranges is not None else None
     engine_result = None
     if engine_outputs is not None:
-        engine_result = compare_engine(engine_outputs, fp32, int8, heldout, output_names, metric=evaluation.metric,
+        emulation = int8 if backend == "onnxruntime" else OrtRunner(qdq_model, (), providers, int8_arithmetic)
+        engine_result = compare_engine(engine_outputs, fp32, emulation, heldout, output_names,
+                                       metric=evaluation.metric,
                                        metric_params=dict(evaluation.metric_params), per_run=per_run,
                                        progress=progress)
     latency = {
