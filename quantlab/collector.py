@@ -45,10 +45,12 @@ KERNEL_MIN_VALUES = 200_000_000
 def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
                  threads: int = 0, spinning: bool = True,
                  config: Optional[dict[str, str]] = None, optimize: bool = True,
-                 optimized_model_path: Optional[str] = None) -> ort.InferenceSession:
+                 optimized_model_path: Optional[str] = None, arena: bool = True) -> ort.InferenceSession:
     """An ONNX Runtime session on the given providers (CPU by default), checked to exist;
     ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine);
-    ``optimized_model_path``: where ONNX Runtime saves the graph it will actually run."""
+    ``optimized_model_path``: where ONNX Runtime saves the graph it will actually run; ``arena=False``
+    returns each run's buffers to the system instead of keeping them in the session's memory arena (for
+    the many small sessions of a node-by-node run, whose arenas would each hold their largest run)."""
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
@@ -65,6 +67,8 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     for key, value in (config or {}).items():
         options.add_session_config_entry(key, value)
+    if not arena:
+        options.enable_cpu_mem_arena = False
     if not optimize:  # the graph exactly as written (quantlab.evaluation.engine's INT8 arithmetic)
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if optimized_model_path:

@@ -34,7 +34,7 @@ from ..roundtrip.outputs import read_engine_outputs
 from ..roundtrip.trtexec import read_profile
 from ..workload import DataSpec, ModelSource, resolve_model, select_outputs, table_path_for
 from .engine import OrtRunner, TensorErrors, check_arithmetic, evaluate, execution_verdict, tensor_errors
-from .heldout import HeldOut
+from .heldout import check_heldout
 from .options import CompareOptions, EvalOptions
 from .roundtrip import EngineFiles, compare_engine, file_names, first_divergence, is_qdq_file, read_qdq_model
 
@@ -127,7 +127,7 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     amax = {name: amax[aliases.get(name, name)] for name in graph.activations if aliases.get(name, name) in amax}
     internal = [name for name in graph.activations if name not in inputs and name not in output_names
                 and name in aliases]
-    heldout = HeldOut(graph, data)
+    heldout = check_heldout(graph, data, evaluation)
     first = next(heldout.batches(limit=1, batch_size=1))
     sizes, per_run = heldout.activation_sizes(providers)
     fp32 = OrtRunner(graph.model, (), providers, spinning=True)  # it also measures latency

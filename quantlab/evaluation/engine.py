@@ -236,12 +236,25 @@ def metric_states(reference: OrtRunner, candidates: dict[str, OrtRunner], batche
                 chosen = detect_metric({name: ref[name].shape[1:] for name in outputs})
             metrics = {label: make_metric(chosen, outputs, **(metric_params or {})) for label in candidates}
         for label, runner in candidates.items():
-            metrics[label].update({n: ref[n] for n in outputs}, {n: v for n, v in runner.run(batch.inputs).items()
-                                                                  if n in outputs}, batch.labels)
+            got = {n: v for n, v in runner.run(batch.inputs).items() if n in outputs}
+            _update(metrics[label], chosen, {n: ref[n] for n in outputs}, got, batch)
         samples += len(batch.indices)
         if progress is not None:
             progress.update(len(batch.indices))
     return MetricStates(metrics, chosen, samples)
+
+
+def _update(metric, name: str, reference: dict, candidate: dict, batch) -> None:
+    """``metric.update`` of one batch; a plugin's own failure is named as the plugin's, with the samples."""
+    try:
+        metric.update(reference, candidate, batch.labels)
+    except QuantlabError:
+        raise
+    except Exception as exc:
+        first, last = int(batch.indices[0]), int(batch.indices[-1])
+        raise QuantlabError(f"metric {name!r} failed in update() on samples {first}..{last}: {type(exc).__name__}: "
+                            f"{exc} (in {type(metric).__module__}.{type(metric).__qualname__})",
+                            params=("metric",)) from exc
 
 
 def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, Evaluation]:
@@ -250,7 +263,13 @@ def evaluation_results(states: MetricStates, metric: str = "auto") -> dict[str, 
         raise QuantlabError("no held-out samples to evaluate on")
     found = {}
     for label, state in states.states.items():
-        result = state.result()
+        try:
+            result = state.result()
+        except QuantlabError:
+            raise
+        except Exception as exc:
+            raise QuantlabError(f"metric {states.chosen!r} failed in result(): {type(exc).__name__}: {exc} (in "
+                                f"{type(state).__module__}.{type(state).__qualname__})", params=("metric",)) from exc
         summary = {key: value for key, value in result.items() if key != "outputs"}
         summary.setdefault("metric", states.chosen)
         summary["chosen"] = "auto" if metric == "auto" else "given"

@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Optional
 
+import numpy as np
+
+from ..errors import DataError
 from ..graph import ModelGraph
 from ..preprocess import (
     DataFingerprint,
@@ -19,8 +22,9 @@ from ..preprocess import (
     iterate_batches,
     select_indices,
 )
-from ..workload import DataSpec, data_source, open_dataset
+from ..workload import DataSpec, data_source, open_dataset, select_outputs
 from .engine import activation_bytes, samples_per_run
+from .metrics.classification import ClassificationMetric
 
 
 class HeldOut:
@@ -56,3 +60,61 @@ class HeldOut:
             if fingerprint is not None:
                 fingerprint.add(batch.inputs)
             yield batch
+
+    def check_labels(self, outputs: Sequence[str], metric: str) -> None:
+        """Refuse, before any work, labels that cannot be classes of the model: a classification
+        judged against them is 0 whatever the ranges (and a budget on it is met by anything)."""
+        labels = getattr(self.dataset, "labels", None)
+        classes = class_count(self.graph, outputs, metric)
+        if labels is None or classes is None:
+            return
+        chosen = np.asarray(labels)[self.indices]
+        bad = (chosen < 0) | (chosen >= classes)
+        if bad.any():
+            raise DataError(f"{int(bad.sum())} of {len(chosen)} held-out labels lie outside the model's {classes} "
+                            f"classes (0..{classes - 1}; e.g. {int(chosen[bad][0])}): accuracy against them is 0 "
+                            "whatever the ranges. Check the labels of the data (classes count from 0), or use data "
+                            "without labels to judge agreement with FP32")
+
+    def check_finite(self) -> None:
+        """Refuse, before any work, held-out samples with NaN or infinite values: the FP32 reference is then
+        NaN too, and every score computed against it."""
+        bad_samples, values, first = 0, 0, None
+        for batch in self.batches():
+            for name, value in batch.inputs.items():
+                if value.dtype.kind != "f":
+                    continue
+                wrong = ~np.isfinite(value.reshape(len(value), -1))
+                rows = wrong.any(axis=1)
+                if rows.any():
+                    bad_samples += int(rows.sum())
+                    values += int(wrong.sum())
+                    if first is None:
+                        first = (int(batch.indices[int(np.argmax(rows))]), name)
+        if first is not None:
+            raise DataError(f"the held-out data holds NaN/Inf: {values} values in {bad_samples} of {len(self)} samples "
+                            f"(first: sample {first[0]}, input {first[1]!r}); every score against FP32 would be NaN: "
+                            "clean or drop those samples")
+
+
+def class_count(graph: ModelGraph, outputs: Sequence[str], metric: str) -> Optional[int]:
+    """The number of classes labels index when ``metric`` judges classification (``auto`` picks it for
+    [N, C] outputs): the smallest C of the outputs, from the model's static shapes; None otherwise."""
+    if metric not in ("classification", "auto"):
+        return None
+    shapes = {}
+    for vi in graph.model.graph.output:
+        if vi.name in outputs:
+            dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+            shapes[vi.name] = tuple(dims[1:])
+    if not shapes or not ClassificationMetric.applies(shapes):
+        return None
+    return min(s[0] for s in shapes.values())
+
+
+def check_heldout(graph: ModelGraph, data: DataSpec, evaluation) -> HeldOut:
+    """The held-out samples, checked before any work: labels within the model's classes, no NaN/Inf."""
+    held = HeldOut(graph, data)
+    held.check_labels(select_outputs(graph, evaluation.outputs), evaluation.metric)
+    held.check_finite()
+    return held

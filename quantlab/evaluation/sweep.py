@@ -32,6 +32,7 @@ from ..qdq import export_qdq, measured_ranges
 from ..report import Report, bar_figure, histogram_figure
 from ..workload import DataSpec, ModelSource, data_source, resolve_model, select_outputs
 from .engine import QdqCandidate, check_arithmetic, evaluate_sharded
+from .heldout import check_heldout
 from .options import EvalOptions
 
 SWEEP_METHODS = (
@@ -83,6 +84,7 @@ def sweep(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None,
     methods = {method.label: method for method in map(Method.of, methods)}
     algorithms = {label: default_trt_algorithm(method) for label, method in methods.items()}  # bad ones refused now
     started = time.perf_counter()
+    check_heldout(graph, heldout, evaluation)
     stats = collect_statistics(graph, calib, collect, progress=progress, executor=executor)
     select_outputs(graph, evaluation.outputs)
     rows, tables, models = [], {}, {}

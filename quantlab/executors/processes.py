@@ -10,13 +10,18 @@ Faults: when a worker dies (SIGKILL, ``os._exit``, out of memory), ``concurrent.
 whole pool and fails every unfinished task with ``BrokenProcessPool``; this executor then starts a
 fresh pool and submits those tasks again, at most :data:`~quantlab.executors.MAX_RETRIES` times per
 run. Ctrl-C and SIGTERM: workers ignore SIGINT (the terminal sends it to the whole process group);
-the driver cancels what has not started and kills the workers, so no task outlives the command.
+the driver cancels what has not started and kills the workers, so no task outlives the command. A
+driver killed outright (SIGKILL, the OOM killer) cannot do that: each worker watches its parent and
+exits within half a second of losing it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
+import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -25,10 +30,23 @@ from typing import Any, Optional
 from ..errors import QuantlabError
 from .base import MAX_RETRIES, Executor, Failure, check_picklable, in_order, run_task
 
+PARENT_CHECK_S = 0.5  # how often a worker looks whether its driver is still alive
 
-def _ignore_interrupts() -> None:
-    """Worker initializer: Ctrl-C is the driver's to handle (it stops the workers itself)."""
+
+def _init_worker(driver: int) -> None:
+    """Worker initializer: Ctrl-C is the driver's to handle (it stops the workers itself); and a worker
+    dies with its driver however the driver dies - a SIGKILL or the OOM killer gives it no chance to
+    stop them - so none is left orphaned, holding its memory."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(driver,), name="quantlab-driver-watch", daemon=True).start()
+
+
+def _exit_with(driver: int) -> None:
+    """Exit this process as soon as ``driver`` is no longer its parent (it died; the process was
+    re-parented)."""
+    while os.getppid() == driver:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(1)
 
 
 def _cpus() -> int:
@@ -54,7 +72,7 @@ class ProcessExecutor(Executor):
 
     def _fresh_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_interrupts)
+                                   initializer=_init_worker, initargs=(os.getpid(),))
 
     def imap(self, fn: Callable[[Any], Any], tasks: Iterable[Any],
              progress: Optional[Callable[[int], Any]] = None) -> Iterator[Any]:
@@ -124,12 +142,17 @@ class ProcessExecutor(Executor):
         if pool is None:
             return
         processes = list(getattr(pool, "_processes", {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             if process.is_alive():
                 process.kill()
         for process in processes:
             process.join(timeout=5)
+        # The pool's manager thread notices the dead workers and closes the pool's pipes; wait for it, so
+        # that interpreter exit does not find them half closed ("Exception ignored ... Bad file descriptor").
+        if manager is not None and manager.is_alive():
+            manager.join(timeout=5)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Optional
 
@@ -47,6 +48,56 @@ def _ray_task(fn: Callable[[Any], Any], task: Any):
     return run_task(fn, task, node=ray.get_runtime_context().get_node_id())
 
 
+CONNECT_TIMEOUT = 5.0  # seconds a cluster's address has to answer before Ray is asked to join it
+TOKEN_HINT = ("give this client the cluster's token: copy the head's ~/.ray/auth_token to ~/.ray/auth_token here "
+              "(or set RAY_AUTH_TOKEN, or RAY_AUTH_TOKEN_PATH) and set RAY_AUTH_MODE=token; see "
+              "https://docs.ray.io/en/latest/ray-security/token-auth.html")
+
+
+def endpoint(address: str) -> Optional[tuple[str, int]]:
+    """``(host, port)`` of an address Ray will dial (``host:port`` or ``ray://host:port``); None for
+    ``auto``/``local`` and what is not an address (Ray reports those itself)."""
+    rest = address[len("ray://"):] if address.startswith("ray://") else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = CONNECT_TIMEOUT) -> None:
+    """Refuse, within ``timeout`` seconds, an address where nothing listens: Ray itself would retry for
+    minutes, printing its own warnings, before it gave up."""
+    found = endpoint(address)
+    if found is None:
+        return
+    try:
+        socket.create_connection(found, timeout=timeout).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+        raise QuantlabError(f"no Ray cluster answers at {address} ({why}, tried for {timeout:g} s): start one "
+                            "with 'ray start --head' on that machine, or check `address` (auto, host:6379 or "
+                            "ray://head:10001) and RAY_ADDRESS", params=("address",)) from None
+
+
+def _join_error(ray, exc: Exception, where: str) -> QuantlabError:
+    """One line for why Ray could not start or join ``where``, with what to do."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    authentication = getattr(ray.exceptions, "AuthenticationError", ())
+    if authentication and isinstance(exc, authentication):
+        return QuantlabError(f"the Ray cluster at {where} uses token authentication and this client has no token: "
+                             f"{TOKEN_HINT}", params=("address",))
+    if first.startswith("Failed to connect to Ray cluster"):
+        return QuantlabError(f"the Ray cluster at {where} answers but refused this client. With token authentication "
+                             f"on (RAY_AUTH_MODE=token on the head), {TOKEN_HINT}. Otherwise check that this client's "
+                             f"Ray ({ray.__version__}) is the head's version", params=("address",))
+    if "ray[client]" in first:
+        return QuantlabError(f"a ray:// address uses Ray Client, which needs packages not installed here: "
+                             f"{INSTALL_HINT} (it installs ray[client]), or join with host:6379 from a cluster node",
+                             params=("address",))
+    return QuantlabError(f"cannot start or join the Ray cluster at {where}: {first}; check `address` "
+                         "(auto, host:6379 or ray://head:10001) or RAY_ADDRESS", params=("address",))
+
+
 class RayExecutor(Executor):
     name = "ray"
 
@@ -56,19 +107,7 @@ class RayExecutor(Executor):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._started_here = False
         if not ray.is_initialized():
-            options = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
-            try:
-                if self.address is None:
-                    ray.init(num_cpus=workers, **options)
-                    self._started_here = True
-                else:
-                    ray.init(address=self.address, **options)
-            except (ConnectionError, ValueError, RuntimeError) as exc:
-                where = self.address or "a local Ray instance"
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise QuantlabError(f"cannot start or join the Ray cluster at {where}: {first}; check `address` "
-                                    "(auto, host:6379 or ray://head:10001) or RAY_ADDRESS",
-                                    params=("address",)) from None
+            self._init(ray, workers)
             self._joined = True
         else:
             self._joined = False  # the user's own Ray session: use it, leave it running
@@ -83,8 +122,31 @@ class RayExecutor(Executor):
         self._remote = ray.remote(_ray_task).options(num_cpus=self.task_threads, max_retries=MAX_RETRIES,
                                                      retry_exceptions=False, scheduling_strategy="SPREAD")
 
+    def _init(self, ray, workers: Optional[int]) -> None:
+        """Join the cluster at ``address``, else the one running on this machine, else start one here."""
+        options = {"logging_level": logging.ERROR, "log_to_driver": False, "include_dashboard": False}
+        authentication = getattr(ray.exceptions, "AuthenticationError", ConnectionError)
+        if self.address is not None:
+            check_reachable(self.address)
+        try:
+            if self.address is None:
+                try:
+                    ray.init(num_cpus=workers, **options)
+                    self._started_here = True
+                except ValueError as exc:
+                    if "existing cluster" not in str(exc):
+                        raise
+                    # `ray start` runs a cluster on this machine: join it as it is (its CPUs are its own).
+                    self.address = "auto"
+                    ray.init(address="auto", **options)
+            else:
+                ray.init(address=self.address, **options)
+        except (ConnectionError, ValueError, RuntimeError, authentication) as exc:
+            raise _join_error(ray, exc, self.address or "a local Ray instance") from None
+
     def describe(self) -> str:
-        where = "started here" if self._started_here else f"at {self.address or 'this session'}"
+        where = ("started here" if self._started_here else "running on this machine" if self.address == "auto"
+                 else f"at {self.address or 'this session'}")
         return (f"ray cluster {where}: {self.nodes} node{'' if self.nodes == 1 else 's'}, {self.cpus} CPUs; "
                 f"{self.workers} tasks at a time, {self.task_threads} CPU{'' if self.task_threads == 1 else 's'} each")
 

@@ -44,7 +44,8 @@ class SearchOptions:
     """How the search ranks and scores: ``sensitivity`` (``both``: each layer alone in float and alone
     in INT8; ``float``: only the first), the evaluation samples the ranking uses (``ranking_samples``;
     None: all), the calibration samples ``auto`` judges ranges on (``auto_samples``), and whether every
-    single method's all-INT8 model is scored too (``compare_methods``; None: when a report is written)."""
+    single method's all-INT8 model is scored too and may be the search's starting point, the best on the
+    evaluation data (``compare_methods``; None: yes)."""
 
     sensitivity: str = "both"
     ranking_samples: Optional[int] = 300

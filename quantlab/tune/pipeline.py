@@ -17,6 +17,8 @@
 
 from __future__ import annotations
 
+import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -33,14 +35,14 @@ from ..calibrate import (
 )
 from ..errors import QuantlabError
 from ..evaluation.engine import check_arithmetic
-from ..evaluation.heldout import HeldOut
+from ..evaluation.heldout import check_heldout, class_count
 from ..evaluation.options import EvalOptions
 from ..executors import Executor, uses_executor
 from ..formats.trtcache import make_header
 from ..precision import FP16_MAX, trt_cache_without, trtexec_command
 from ..qdq import QUANTIZED_OPS, measured_ranges
-from ..report import Report, bar_figure
-from ..workload import DataSpec, ModelSource, data_source, resolve_model
+from ..report import Report, bar_figure, jsonable
+from ..workload import DataSpec, ModelSource, data_source, resolve_model, select_outputs
 from .auto import AUTO, AUTO_CANDIDATES
 from .options import Budget, SearchOptions, TuneOutput
 from .search import drop_points, within
@@ -83,6 +85,11 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     check_outputs(dict(paths), inputs)
     if output.report is not None:
         check_output_folder(output.report)
+    held = check_heldout(graph, heldout, evaluation)  # labels and NaN/Inf refused before any work
+    resolution = resolution_note(len(held), budget.max_drop,
+                                 class_count(graph, select_outputs(graph, evaluation.outputs), evaluation.metric))
+    if resolution and progress:
+        print(f"quantlab: note: {resolution}", file=sys.stderr)
 
     stats = collect_statistics(graph, calib, replace(collect, tensors="all"), progress=progress, executor=executor)
     table = calibrate_statistics(graph, stats, Method(AUTO, {"samples": search.auto_samples}), policy=policy,
@@ -96,15 +103,19 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
                             "nothing to tune")
     limit = len(layers) if budget.max_float_layers is None else min(budget.max_float_layers, len(layers))
 
-    held = HeldOut(graph, heldout)
     _, per_run = held.activation_sizes(evaluation.providers)
     scorer = Scorer(graph, held, evaluation, per_run, progress, executor=executor)
-    compare_methods = output.report is not None if search.compare_methods is None else search.compare_methods
-    singles = {method.label: variant(_with_measured(calibrate_statistics(graph, stats, method, policy=policy), table),
-                                     [], budget.high_precision)
-               for method in map(Method.of, AUTO_CANDIDATES if compare_methods else ())}
+    compare_methods = True if search.compare_methods is None else search.compare_methods
+    tables = {AUTO: table}
+    tables.update({method.label: _with_measured(calibrate_statistics(graph, stats, method, policy=policy), table)
+                   for method in map(Method.of, AUTO_CANDIDATES if compare_methods else ())})
+    singles = {label: variant(t, [], budget.high_precision) for label, t in tables.items() if label != AUTO}
     first = scorer.score({AUTO: base_model, **singles}, desc="scoring auto" + (" and every method" if singles else ""))
-    base = first[AUTO]
+    _refuse_nan(first[AUTO])
+    # The search starts from the best all-INT8 model on the evaluation data (auto on a tie): a single
+    # method already within the budget needs no float layer that auto's ranges would.
+    start = max(first, key=lambda label: (headline(first[label])[0], label == AUTO))
+    table, base = tables[start], first[start]
 
     analysis, found = None, None
     if not (within(base, budget.max_drop) or limit == 0):
@@ -128,10 +139,12 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
         "metric": {"name": base.metric.get("metric"), "score_name": score_name, "fp32": reference},
         "max_drop": budget.max_drop, "max_float_layers": limit, "high_precision": budget.high_precision,
         "int8_arithmetic": evaluation.int8_arithmetic,
-        "auto": {"chosen_counts": table.provenance["auto"]["chosen_counts"],
-                 "winner": table.provenance["auto"]["winner"]},
+        "auto": {"chosen_counts": tables[AUTO].provenance["auto"]["chosen_counts"],
+                 "winner": tables[AUTO].provenance["auto"]["winner"]},
+        "start": start,
         "quantized_layers": len(layers),
-        "all_int8": _scores(base),
+        "all_int8": _scores(first[AUTO]),
+        "start_int8": _scores(base),
         "single_methods": {label: _scores(first[label]) for label in singles},
         "fallback": fallback,
         "final": _scores(final),
@@ -144,6 +157,11 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
         "ranking_samples": min(search.ranking_samples or base.samples, base.samples),
         "notes": _notes(graph, table, fallback, overlap, budget, limit),
     }
+    if resolution:
+        data["notes"].insert(0, resolution)
+    if start != AUTO:
+        data["notes"].append(f"the search started from {start}'s ranges: on the evaluation data they scored "
+                             f"{data['start_int8']['score']:.4f} all-INT8, auto's {data['all_int8']['score']:.4f}")
     if not data["met"]:
         data["notes"].append(f"the budget of {budget.max_drop} points was not met: the best reached is a drop of "
                              f"{data['written']['drop']:.2f} points with {len(fallback)} float layer(s)"
@@ -156,6 +174,25 @@ def tune(model: Optional[ModelSource] = None, calib: Optional[DataSpec] = None, 
     data["seconds"] = time.perf_counter() - started
     _write_outputs(graph, table, data, paths, output, inputs)
     return data
+
+
+def resolution_note(samples: int, max_drop: float, classes: Optional[int]) -> Optional[str]:
+    """What a budget finer than one sample's weight means, for a metric that counts samples (top-1
+    accuracy or agreement, when ``classes`` is known); None when the data resolves it."""
+    if classes is None or samples <= 0 or max_drop <= 0 or max_drop >= 100.0 / samples:
+        return None
+    return (f"with {samples} evaluation samples one sample weighs {100.0 / samples:.2f} points, so a budget of "
+            f"{max_drop:g} points is a budget of 0: not one sample may be lost, net; "
+            f"{math.ceil(100.0 / max_drop)} samples would resolve it")
+
+
+def _refuse_nan(evaluation) -> None:
+    """A NaN score (a metric plugin's, or NaN in the data) cannot be held against a budget: stop, nothing written."""
+    score, reference, name = headline(evaluation)
+    if math.isnan(score) or math.isnan(reference):
+        raise QuantlabError(f"metric {evaluation.metric.get('metric')!r} scored NaN ({name}: FP32 {reference}, "
+                            f"all-INT8 {score}): a budget cannot be judged on NaN; check the metric plugin and the "
+                            "evaluation data", params=("metric",))
 
 
 def _with_measured(single, table):
@@ -200,8 +237,9 @@ def _write_outputs(graph, table, data: dict, paths: dict, output: TuneOutput, in
             written = variant(table, fallback, high_precision).export(graph)
             table.activations = trt_cache_without(table.activations, variant(table, fallback, "fp32").build(graph),
                                                  fallback)
-            table.provenance["tune"] = {key: data[key] for key in ("fallback", "max_drop", "high_precision", "metric",
-                                                                   "all_int8", "final", "written", "met", "trtexec")}
+            table.provenance["tune"] = jsonable({key: data[key] for key in (
+                "fallback", "max_drop", "high_precision", "metric", "start", "all_int8", "start_int8", "final",
+                "written", "met", "trtexec")})
             header = make_header(output.trt_version, "EntropyCalibration2")
             stage_cache_and_table(files, table, header, paths["cache"], paths["table"])
             files.add(paths["qdq_model"], written.SerializeToString())
@@ -267,6 +305,7 @@ def summary_lines(data: dict) -> list[str]:
     if data["single_methods"]:
         best = max(data["single_methods"].items(), key=lambda item: item[1]["score"])
         lines.append(f"  best method   : {best[0]} {best[1]['score']:.4f} (drop {best[1]['drop']:.2f})")
+    lines.append(f"  started from  : {data['start']} ranges, {data['start_int8']['score']:.4f} all INT8")
     lines.append(f"  float layers  : {len(data['fallback'])} of {data['quantized_layers']} in {data['high_precision']}"
                  + (": " + ", ".join(data["fallback"][:6]) + (" ..." if len(data["fallback"]) > 6 else "")
                     if data["fallback"] else ""))

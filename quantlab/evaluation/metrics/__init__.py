@@ -116,9 +116,17 @@ def make_metric(spec: str, outputs: Sequence[str], **params: Any) -> Any:
             + (", ".join(accepted) if accepted else "no parameters"), params=("metric_params",))
     try:
         return cls(list(outputs), **params)
+    except QuantlabError:
+        raise
     except (TypeError, ValueError) as exc:
-        raise QuantlabError(f"bad `metric_params` {params} for metric {label!r}: {exc}",
-                            params=("metric_params",)) from exc
+        if params:
+            raise QuantlabError(f"bad `metric_params` {params} for metric {label!r}: {exc}",
+                                params=("metric_params",)) from exc
+        raise QuantlabError(f"metric {label!r} could not be created (with no parameters given): "
+                            f"{type(exc).__name__}: {exc}", params=("metric",)) from exc
+    except Exception as exc:  # a plugin's own failure: named as the plugin's, not as the user's input
+        raise QuantlabError(f"metric {label!r} failed while being created: {type(exc).__name__}: {exc} "
+                            f"(in {cls.__module__}.{cls.__qualname__})", params=("metric",)) from exc
 
 
 def _signature(cls: type) -> list[inspect.Parameter]:

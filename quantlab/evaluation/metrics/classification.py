@@ -53,6 +53,11 @@ class ClassificationMetric(Metric):
             labelled = self.labels_of(labels, ref.shape[0])
             if labelled is None:
                 continue
+            outside = (labelled < 0) | (labelled >= ref.shape[1])
+            if outside.any():
+                raise QuantlabError(f"label {int(labelled[outside][0])} is not one of output {name!r}'s "
+                                    f"{ref.shape[1]} classes (0..{ref.shape[1] - 1}): check the data's labels, or "
+                                    "use data without labels to judge agreement with FP32")
             k = min(5, ref.shape[1])
             for tag, scores in (("fp32", ref), ("int8", got)):
                 top = np.argsort(-scores, axis=1, kind="stable")[:, :k]

@@ -78,7 +78,7 @@ class NodeSessions:
         model = helper.make_model(helper.make_graph([node], "node", inputs, outputs, constants),
                                   opset_imports=list(self.graph.model.opset_import),
                                   ir_version=self.graph.model.ir_version)
-        return make_session(model.SerializeToString(), self.providers, spinning=False)
+        return make_session(model.SerializeToString(), self.providers, spinning=False, arena=False)
 
 
 @dataclass
