@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from collections.abc import Sequence
 from typing import Optional
 
@@ -323,3 +324,15 @@ def qdq_summary(report, headline: str, ranges_from: str, typed_from: str) -> lis
                     "consider --high-precision bf16 (fp32's range) or fp32")
     text += [f"  note: {note}" for note in report.notes]
     return text
+
+
+def command_line(command: str, args: argparse.Namespace, *parts: str, data: bool = True) -> str:
+    """A ``quantlab`` command line for the next step: the same model (when one was given) and, with
+    ``data``, the same ``--data``/``--eval-data`` (when not the default), plus ``parts``."""
+    words = ["quantlab", command]
+    if getattr(args, "model", None):
+        words.append(shlex.quote(str(args.model)))
+    for flag in ("data", "eval_data") if data else ():
+        if getattr(args, flag, None):
+            words += [f"--{flag.replace('_', '-')}", shlex.quote(str(getattr(args, flag)))]
+    return " ".join(words + [p for p in parts if p])

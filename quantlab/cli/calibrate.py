@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from .. import defaults
@@ -10,7 +11,7 @@ from ..calibrate import CalibrationOutput, Method, calibrate
 from ..errors import QuantlabError
 from ..formats.trtcache import parse_version
 from ..plugins import calibrator_class, list_calibrators, list_dataset_adapters
-from ..workload import resolve_model
+from ..workload import resolve_model, table_path_for
 from .args import (
     add_collection_arguments,
     add_data_arguments,
@@ -19,6 +20,7 @@ from .args import (
     add_qdq_arguments,
     add_trt_version_argument,
     collect_options,
+    command_line,
     data_spec,
     emit,
     executor_for,
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
                                trt_version=parse_version(args.trt_version), trt_algorithm=args.trt_algorithm,
                                qdq=None if kind == "cache" else target, qdq_options=qdq_options(args))
     graph = resolve_model(args.model)
+    replaced = _method_in(target if kind == "qdq" else cache) if args.output is None else None
     with executor_for(args) as executor:
         result = calibrate(graph, data_spec(args), Method(args.method, parse_params(args.param)), output=output,
                            collect=collect_options(args), policy=range_policy(args), stats=args.stats,
@@ -161,8 +164,28 @@ def run(args: argparse.Namespace) -> int:
         data["qdq"] = result.qdq_report.to_dict()
     lines.append(f"  table       : {result.table_path}")
     lines += [f"  note: {name}: {spelled(args, note)}" for name, note in list(table.notes.items())[:5]]
+    if replaced and replaced != table.method:
+        lines.append(f"  replaced    : {target} held {replaced} ranges; it now holds {table.method}'s "
+                     "(-o writes another file)")
+        data["replaced_method"] = replaced
     if args.tensors == "qdq":
         lines.append("  note: only the Q/DQ inputs were measured: use this cache with export-qdq (TensorRT 10/11 "
                      "explicit INT8); an implicit build (trtexec --int8 --calib) wants --tensors all")
+    if result.cache_path:
+        cache_flag = "" if args.model is None and args.output is None else f"--cache {result.cache_path}"
+        heldout = "--data HELDOUT" if args.model else ""  # held-out samples, not the calibration ones
+        lines.append("  next        : " + command_line("compare", args, cache_flag, heldout, data=False)
+                     + "   # how much accuracy INT8 keeps on held-out data")
+    elif result.qdq_path:
+        lines.append(f"  next        : quantlab qdq plan {result.qdq_path}   # the precision TensorRT 11 will give "
+                     "each layer")
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _method_in(path) -> str | None:
+    """The method whose ranges the file at ``path`` holds, read from the quantlab table beside it."""
+    try:
+        return json.loads(Path(table_path_for(path)).read_text(encoding="utf-8")).get("method")
+    except (OSError, ValueError, AttributeError):
+        return None

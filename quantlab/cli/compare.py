@@ -12,6 +12,7 @@ from .args import (
     add_data_arguments,
     add_evaluation_arguments,
     add_qdq_arguments,
+    command_line,
     count_type,
     data_spec,
     emit,
@@ -110,8 +111,31 @@ def run(args: argparse.Namespace) -> int:
     lines += [f"  {spelled(args, note)}" for note in data["notes"]]
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
+    lines += _next_lines(args, data, cache)
     emit(args, data, "\n".join(lines))
     return 0
+
+
+def _next_lines(args: argparse.Namespace, data: dict, cache: str) -> list[str]:
+    """What to do next: find better ranges and where INT8 goes wrong when it loses, else build."""
+    first = data["outputs"][0]
+    lost = (first["fp32_top1"] - first["int8_top1"] > 0.01 if "int8_top1" in first
+            else first.get("sqnr_db", 99.0) < DIVERGENCE_DB)
+    if lost:
+        sweep = command_line("sweep", args, "" if args.model is None else "--eval-data HELDOUT",
+                             "--pick best --report reports/sweep", data=False)
+        where = "" if args.first_divergence is not None else (
+            "\n  next: " + command_line("compare", args, f"--qdq {args.qdq}" if args.qdq else
+                                         f"--cache {args.cache}" if args.cache else "", "--first-divergence",
+                                         "--data HELDOUT" if args.model and not args.data else "")
+            + "   # the first tensors where INT8 goes wrong")
+        hint = "" if args.model is None else "  (--data: the calibration data)"
+        return [f"  next: {sweep}   # every method ranked on held-out data, the best one written{hint}{where}"]
+    if args.qdq:
+        return [f"  next: quantlab export-inputs{' ' + args.model if args.model else ''} -o inputs.json   # samples "
+                f"to run the engine of {args.qdq} on (docs/gpu-round-trip.md)"]
+    return [f"  next: quantlab export-qdq{' ' + args.model if args.model else ''} --cache {cache} "
+            "-o model.qdq.onnx   # the TensorRT 11 model; or trtexec --int8 --calib with the cache on TensorRT <= 10"]
 
 
 def _roundtrip_lines(data: dict) -> list[str]:

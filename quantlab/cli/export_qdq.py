@@ -76,5 +76,6 @@ def run(args: argparse.Namespace) -> int:
             "skipped_nodes": report.skipped_nodes, "skipped_weights": report.skipped_weights,
             "notes": report.notes, "typed_from": source, **report.to_dict()}
     lines = qdq_summary(report, f"wrote {args.output}", f"{ranges.format} {args.cache}", source)
+    lines.append(f"  next: quantlab qdq plan {args.output}   # the precision TensorRT 11 will give each layer")
     emit(args, data, "\n".join(lines))
     return 0

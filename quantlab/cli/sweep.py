@@ -9,6 +9,7 @@ from .args import (
     add_calibrate_and_judge_arguments,
     add_trt_version_argument,
     collect_options,
+    command_line,
     data_spec,
     emit,
     eval_options,
@@ -52,6 +53,11 @@ def run(args: argparse.Namespace) -> int:
                      output=SweepOutput(args.report, args.pick, parse_version(args.trt_version)),
                      progress=not args.quiet, executor=executor)
     lines = [f"sweep over {len(data['results'])} methods; ranked by {data['ranking_key']}"]
+    reference = data["results"][0] if data["results"] else {}
+    baseline = [f"{label} {reference[key]:.4f}" for label, key in (("top-1", "fp32_top1"), ("top-5", "fp32_top5"))
+                if key in reference]
+    lines.append("     FP32 (the reference)     " + (", ".join(baseline) if baseline else
+                                                  "agreement 1.0000, SQNR dB inf (by definition)"))
     for r in data["results"]:
         parts = [f"{label} {r[key]:.4f}" for label, key in (
             ("top-1", "int8_top1"), ("agreement", "top1_agreement"), ("SQNR dB", "sqnr_db")) if key in r]
@@ -65,5 +71,9 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  executor: {data['executor']['where']}; {data['executor']['ran']}")
     if args.report:
         lines.append(f"  report: {args.report}/report.md (.html, .json)")
+    if "picked" not in data and data["results"]:
+        lines.append("  next: " + command_line("sweep", args, "--report " + (args.report or "reports/sweep"),
+                                               "--pick best")
+                     + f"   # writes {data['results'][0]['method']}'s cache, table and Q/DQ model")
     emit(args, data, "\n".join(lines))
     return 0
