@@ -144,11 +144,13 @@ def _cell(value: Any) -> str:
 
 
 # The page never gets wider than the window: tables scroll in their own box, images shrink,
-# long unbreakable words (paths, tensor names) in prose wrap.
+# long unbreakable words (paths, tensor names) in prose and in table cells wrap, so a table of long
+# tensor names fits the page instead of hiding its last columns behind a scroll bar.
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;"
         "overflow-wrap:break-word}"
         ".table-scroll{overflow-x:auto;max-width:100%;margin:1em 0}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;"
+        "overflow-wrap:anywhere}"
         "th{background:#f3f3f3}.num{text-align:right;font-variant-numeric:tabular-nums}"
         "figure{margin:1em 0;max-width:100%}img{max-width:100%;height:auto}"
         "figcaption{color:#555;font-size:90%}code{font-size:90%}")
@@ -345,11 +347,25 @@ def histogram_figure(histograms: dict, thresholds: dict[str, dict[str, float]], 
     plt = _pyplot()
     if not histograms:
         return None
+    fig = histogram_plot(histograms, thresholds)
+    png = _png(fig)
+    plt.close(fig)
+    return Figure(name, caption, png)
+
+
+HISTOGRAM_COLOURS = ("#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d", "#2980b9")
+
+
+def histogram_plot(histograms: dict, thresholds: dict[str, dict[str, float]]):
+    """The figure of :func:`histogram_figure`: a panel per tensor, a line per method in one colour across
+    panels, and one legend for the figure (a legend per small panel is unreadable) above the panels."""
+    plt = _pyplot()
     count = len(histograms)
     columns = min(3, count)
     rows = math.ceil(count / columns)
-    fig = plt.figure(figsize=(5 * columns, 3 * rows))
-    colours = ["#c0392b", "#27ae60", "#8e44ad", "#d35400", "#2c3e50", "#16a085", "#7f8c8d"]
+    methods = list(dict.fromkeys(m for lines in thresholds.values() for m in lines))
+    colour = {m: HISTOGRAM_COLOURS[k % len(HISTOGRAM_COLOURS)] for k, m in enumerate(methods)}
+    fig = plt.figure(figsize=(5 * columns, 3 * rows + (0.6 if methods else 0)))
     for index, (tensor, hist) in enumerate(histograms.items(), start=1):
         ax = fig.add_subplot(rows, columns, index)
         edges = hist.edges
@@ -362,17 +378,35 @@ def histogram_figure(histograms: dict, thresholds: dict[str, dict[str, float]], 
         ax.stairs(np.maximum(hist.counts[:keep], 0.5), edges[:keep + 1], fill=True, baseline=0.5,
                   color="#95a5a6")
         ax.set_yscale("log")
-        for colour, (method, amax) in zip(colours, lines.items()):
-            ax.axvline(amax, color=colour, linewidth=1.2, label=f"{method} {amax:.3g}")
-        ax.set_title(_short(tensor, 48), fontsize=8)
-        ax.set_xlabel("|x|", fontsize=7)
-        ax.tick_params(labelsize=6)
-        if lines:
-            ax.legend(fontsize=6)
-    fig.tight_layout()
-    png = _png(fig)
-    plt.close(fig)
-    return Figure(name, caption, png)
+        for method, amax in lines.items():
+            ax.axvline(amax, color=colour[method], linewidth=1.4, label=method)
+        ax.set_title(_short(tensor, 48), fontsize=9)
+        ax.set_xlabel("|x|", fontsize=8)
+        ax.tick_params(labelsize=7)
+    if methods:
+        handles = [plt.Line2D([], [], color=colour[m], linewidth=2) for m in methods]
+        fig.legend(handles, methods, loc="upper center", ncol=min(len(methods), 4), fontsize=9, frameon=False)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.6 / (3 * rows + 0.6)))
+    else:
+        fig.tight_layout()
+    return fig
+
+
+def short_labels(names: list[str]) -> list[str]:
+    """The shortest ending of each ``/``-separated name that tells it apart from the others
+    (``/features.3/block.0/Conv`` and ``/features.4/block.0/Conv`` -> ``features.3/block.0/Conv`` ...)."""
+    parts = [[p for p in name.split("/") if p] or [name] for name in names]
+    depth = [1] * len(names)
+    while True:
+        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
+        seen: dict[str, list[int]] = {}
+        for k, label in enumerate(labels):
+            seen.setdefault(label, []).append(k)
+        clashes = [k for group in seen.values() if len(group) > 1 for k in group if depth[k] < len(parts[k])]
+        if not clashes:
+            return labels
+        for k in clashes:
+            depth[k] += 1
 
 
 def bar_figure(labels: list[str], series: dict[str, list[float]], name: str, caption: str,
@@ -386,7 +420,7 @@ def bar_figure(labels: list[str], series: dict[str, list[float]], name: str, cap
     for k, (label, values) in enumerate(series.items()):
         ax.bar(np.arange(len(labels)) + k * width, values, width=width, label=label)
     ax.set_xticks(np.arange(len(labels)) + width * (len(series) - 1) / 2)
-    ax.set_xticklabels(labels, rotation=20, fontsize=8)
+    ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
     finite = [v for vs in series.values() for v in vs if math.isfinite(v)]
     if finite:

@@ -41,7 +41,7 @@ from ..executors import Executor, uses_executor
 from ..formats.trtcache import make_header
 from ..precision import FP16_MAX, trt_cache_without, trtexec_command
 from ..qdq import QUANTIZED_OPS, measured_ranges
-from ..report import Report, bar_figure, jsonable
+from ..report import Report, bar_figure, jsonable, short_labels
 from ..workload import DataSpec, ModelSource, data_source, resolve_model, select_outputs
 from .auto import AUTO, AUTO_CANDIDATES
 from .options import Budget, SearchOptions, TuneOutput
@@ -283,10 +283,10 @@ def _tune_report(data: dict) -> Report:
                             + ([r["score_int8_alone"], r["sqnr_int8_alone"]] if has_alone else [])
                             for k, r in enumerate(ranked)])
         top = ranked[:20]
-        doc.figure(bar_figure([r["layer"].split("/")[-2] if r["layer"].count("/") > 1 else r["layer"] for r in top],
+        doc.figure(bar_figure(short_labels([r["layer"] for r in top]),
                               {"SQNR dB gain, alone in float": [r["sqnr_gain"] for r in top]},
-                              "sensitivity.png", "The 20 most sensitive layers: SQNR of the first output gained "
-                              "by leaving each alone in float", "dB"))
+                              "sensitivity.png", f"The {len(top)} most sensitive layers: SQNR of the first output "
+                              "gained by leaving each alone in float", "dB"))
     if "trtexec" in data:
         doc.heading("Outputs")
         doc.paragraph(f"TensorRT 10/11 (explicit): `{data['outputs']['qdq_model']}`. TensorRT <= 10 (implicit): "

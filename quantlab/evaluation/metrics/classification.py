@@ -55,8 +55,8 @@ class ClassificationMetric(Metric):
                 continue
             outside = (labelled < 0) | (labelled >= ref.shape[1])
             if outside.any():
-                raise QuantlabError(f"label {int(labelled[outside][0])} is not one of output {name!r}'s "
-                                    f"{ref.shape[1]} classes (0..{ref.shape[1] - 1}): check the data's labels, or "
+                raise QuantlabError(f"label {int(labelled[outside][0])} is not one of the {ref.shape[1]} classes "
+                                    f"of output {name!r} (0..{ref.shape[1] - 1}): check the data's labels, or "
                                     "use data without labels to judge agreement with FP32")
             k = min(5, ref.shape[1])
             for tag, scores in (("fp32", ref), ("int8", got)):
