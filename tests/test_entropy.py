@@ -127,8 +127,8 @@ def _nvidia_reference():
 
 
 @pytest.mark.skipif(_nvidia_reference() is None,
-                    reason="NVIDIA's reference (nvidia-modelopt with torch) is a benchmark-only dependency, "
-                           "not installed")
+                    reason="NVIDIA's reference entropy needs nvidia-modelopt and torch, benchmark-only "
+                           "dependencies (pip install nvidia-modelopt torch, as benchmarks/tune_peers.py says)")
 def test_entropy_matches_nvidia_modelopt_on_the_embedded_models_activations():
     from quantlab import DataSpec, collect_statistics
 

@@ -241,13 +241,8 @@ def test_layer_info_of_another_model_says_how_few_names_match(loop, real_layer_i
 
 
 @pytest.fixture
-def real_layer_info():
-    from conftest import REPO
-
-    path = REPO.parent / "shared" / "trt-artifacts" / "NVIDIA__TensorRT__mobilenet.qat.onnx.engine.graph.json"
-    if not path.is_file():
-        pytest.skip(f"real trtexec files not found at {path.parent}: they come with the shared/ checkout")
-    return path
+def real_layer_info(trt_artifacts):
+    return trt_artifacts / "NVIDIA__TensorRT__mobilenet.qat.onnx.engine.graph.json"
 
 
 # ------------------------------------------------------------------------------------------ first divergence

@@ -16,17 +16,11 @@ from quantlab.roundtrip.outputs import read_engine_outputs
 from quantlab.roundtrip.polygraphy import PolygraphyInputs, read_inputs
 from quantlab.roundtrip.trtexec import read_export_output, read_profile
 
-from conftest import REPO
-
-ARTIFACTS = REPO.parent / "shared" / "trt-artifacts"
-
 
 @pytest.fixture(scope="module")
-def real():
-    if not ARTIFACTS.is_dir():
-        pytest.skip(f"real trtexec/Polygraphy files not found at {ARTIFACTS}: they come with the shared/ checkout "
-                    "beside this repository (design.md §12), which a plain clone does not have")
-    return lambda name: ARTIFACTS / name
+def real(trt_artifacts):
+    """A file of ../shared/trt-artifacts by name (INDEX.md there says what each is)."""
+    return lambda name: trt_artifacts / name
 
 
 # ------------------------------------------------------------------------------------------ layer info

@@ -31,8 +31,8 @@ def has_cuda_device() -> bool:
 
 
 needs_tensorrt = pytest.mark.skipif(not (HAS_TENSORRT and has_cuda_device()),
-                                    reason="needs TensorRT ('import tensorrt') and a CUDA GPU; neither is on this "
-                                           "machine (see design.md §1)")
+                                    reason="needs TensorRT and an NVIDIA GPU (pip install tensorrt pycuda, on a "
+                                           "machine with one; this one has neither)")
 
 
 @pytest.mark.parametrize("version", [(8, 6, 1), (9, 3, 0), (10, 3, 0)])
