@@ -19,6 +19,8 @@ from conftest import REPO, run_cli
 sys.path.insert(0, str(REPO / "benchmarks"))
 import corpus
 
+pytestmark = pytest.mark.slow
+
 pytest.importorskip("skimage", reason="scikit-image (the corpus images) is not installed: pip install scikit-image")
 
 

@@ -17,7 +17,8 @@ from conftest import REPO
 
 LAYERS: list[tuple[str, ...]] = [
     # ground: errors, safe files, histograms, the graph, data set adapters, the embedded default
-    ("quantlab.errors", "quantlab.lazy", "quantlab.atomic", "quantlab.histogram", "quantlab.graph", "quantlab.data",
+    ("quantlab.errors", "quantlab.lazy", "quantlab.atomic", "quantlab.heap", "quantlab.histogram", "quantlab.graph",
+     "quantlab.data",
      "quantlab.defaults", "quantlab.executors.shipping"),
     ("quantlab.preprocess",),
     ("quantlab.weights", "quantlab.plugins", "quantlab.report", "quantlab.calibrators"),

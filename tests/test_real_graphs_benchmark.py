@@ -7,9 +7,12 @@ import math
 import subprocess
 import sys
 
+import pytest
 from test_corpus import corpus, installed  # installed: skips where the corpus package is absent, fails under CI
 
 from conftest import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_the_quick_real_graphs_benchmark_reports_every_tool_for_a_model(tmp_path):

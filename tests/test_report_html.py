@@ -24,6 +24,8 @@ from quantlab.evaluation.sweep import SweepOutput, sweep
 from quantlab.report import Report, bar_figure
 from quantlab.workload import DataSpec
 
+pytestmark = pytest.mark.slow
+
 WINDOW = (1280, 900)
 # Headless, and nothing that would reach the network (closed here) or outlive the test.
 CHROMIUM_FLAGS = [

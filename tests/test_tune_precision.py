@@ -26,6 +26,8 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import corpus
 
+pytestmark = pytest.mark.slow
+
 # Two real Conv layers of the embedded model with a Clip (ReLU6) between them, and its classifier.
 DEPTHWISE = "/features/features.3/block/block.3/Conv"
 PROJECT = "/features/features.3/block/block.6/Conv"
