@@ -185,6 +185,13 @@ def test_every_table_in_chromium_scrolls_inside_its_own_box(rendered):
         assert table["boxRight"] <= rendered["clientWidth"], table
 
 
+def test_every_table_of_the_sweep_report_fits_its_box_in_a_1280px_window(rendered):
+    # The thresholds table (a long tensor name and seven methods per row) was wider than the page and
+    # hid its last columns behind a scroll bar; its cells now wrap.
+    for table in rendered["tables"]:
+        assert table["tableWidth"] <= table["boxWidth"], table
+
+
 def test_sweep_report_text_in_chromium_shows_no_literal_markdown_emphasis(rendered, sweep_report):
     best = json.loads((sweep_report / "report.json").read_text())["best"]
     assert "**" not in rendered["text"]

@@ -38,6 +38,8 @@ from quantlab.workload import DataSpec, resolve_model
 
 from conftest import run_cli
 
+pytestmark = pytest.mark.slow
+
 
 def _heldout_images(count: int) -> np.ndarray:
     raw = gzip.open(defaults.HELDOUT_DATA).read()
