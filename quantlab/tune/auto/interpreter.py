@@ -97,11 +97,11 @@ class TwoPathRun:
     readers: dict[str, list[int]]  # tensor -> positions of the quantized layers reading it
     chosen: dict[str, float] = field(default_factory=dict)
     reference: Optional[dict[str, np.ndarray]] = None
-    keep: bool = False  # keep every INT8 value (for :func:`refine`)
 
     def run(self, inputs: dict[str, np.ndarray], decide: Optional[Callable] = None,
             progress: bool = False) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The relative error of the graph outputs (summed), the FP32 outputs, and the INT8 values kept."""
+        """The relative error of the graph outputs (summed), the FP32 outputs, and the INT8 values left
+        (the graph outputs and values no node reads)."""
         sessions, nodes = self.sessions, self.sessions.nodes
         int8_only = self.reference is not None
         fp: dict[str, np.ndarray] = dict(inputs)
@@ -151,8 +151,7 @@ class TwoPathRun:
             for name in node.input:
                 if last_use.get(name) == position and name not in outputs:
                     fp.pop(name, None)
-                    if not self.keep:
-                        q.pop(name, None)
+                    q.pop(name, None)
             bar.update(1)
         bar.close()
         return error, final, q
@@ -184,19 +183,29 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
            budget_passes: float, progress: bool = False) -> tuple[dict[str, float], float, int]:
     """Coordinate descent at the graph outputs: tensor by tensor in graph order, move its range one
     candidate wider (or else tighter) while that lowers the error of the graph outputs, everything
-    else INT8 at the current ranges; only the nodes downstream of the tensor run again. Stops after
-    ``budget_passes`` graph passes' worth of nodes. Returns the ranges, their output error and how
-    many moves were judged."""
+    else INT8 at the current ranges. Stops after ``budget_passes`` graph passes' worth of the nodes
+    downstream of each moved tensor. Returns the ranges, their output error and how many moves were
+    judged.
+
+    Memory: only the INT8 values alive at the current tensor's first reader are kept (a checkpoint,
+    advanced as the tensors go by), and a move runs the graph from there to the outputs, freeing each
+    value after its last reader; nodes that do not depend on the tensor compute what they computed
+    before, so the choices are those of keeping every value."""
     nodes = sessions.nodes
     outputs = sessions.graph.output_names
+    last_use = {name: position for position, node in enumerate(nodes) for name in node.input}
     chosen = dict(start)
-    error, _, values = TwoPathRun(sessions, readers, dict(chosen), reference, keep=True).run(inputs)
+    error, _, _ = TwoPathRun(sessions, readers, dict(chosen), reference).run(inputs)
     spent, moves = 0.0, 0
+    state, at = dict(inputs), 0  # the INT8 values alive before node `at`, at the current ranges
     order = sorted(readers, key=lambda name: min(readers[name]))
     for name in tqdm(order, unit="tensor", desc="auto: refining at the outputs", disable=not progress,
                      file=sys.stderr):
         if spent >= budget_passes:
             break
+        first = min(readers[name])
+        state = forward(sessions, state, at, first, chosen, last_use, outputs)
+        at = first
         below = downstream(nodes, name)
         ranked = sorted(set(candidates[name]))
         for direction in (1, -1):
@@ -204,22 +213,33 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
             moved = False
             while 0 <= position + direction < len(ranked) and spent < budget_passes:
                 trial_chosen = {**chosen, name: ranked[position + direction]}
-                trial = dict(values)
-                for p in below:
-                    results = sessions.run(p, int8_feeds(sessions, p, trial, trial_chosen),
-                                           nodes[p].op_type in QUANTIZED_OPS)
-                    trial.update({n: v for n, v in zip(nodes[p].output, results) if n})
+                trial = forward(sessions, dict(state), at, len(nodes), trial_chosen, last_use, outputs)
                 spent += len(below) / max(len(nodes), 1)
                 moves += 1
                 trial_error = math.fsum(relative_error(trial[n], reference[n]) for n in outputs)
                 if trial_error >= error:
                     break
-                error, values, chosen = trial_error, trial, trial_chosen
+                error, chosen = trial_error, trial_chosen
                 position += direction
                 moved = True
             if moved:
                 break  # it moved one way: the other way was worse to begin with
     return chosen, error, moves
+
+
+def forward(sessions: NodeSessions, values: dict[str, np.ndarray], start: int, stop: int, chosen: dict[str, float],
+            last_use: dict[str, int], keep: Sequence[str]) -> dict[str, np.ndarray]:
+    """Run nodes ``start .. stop - 1`` on the INT8 path from ``values`` (changed in place and returned),
+    freeing each value after its last reader unless it is in ``keep``."""
+    nodes = sessions.nodes
+    for position in range(start, stop):
+        node = nodes[position]
+        results = sessions.run(position, int8_feeds(sessions, position, values, chosen), node.op_type in QUANTIZED_OPS)
+        values.update({n: v for n, v in zip(node.output, results) if n})
+        for name in node.input:
+            if last_use.get(name) == position and name not in keep:
+                values.pop(name, None)
+    return values
 
 
 def peak_bytes(graph: ModelGraph, sizes: dict[str, int]) -> int:
