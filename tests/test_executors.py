@@ -31,7 +31,7 @@ from quantlab.preprocess import select_indices
 from quantlab.statistics import Statistics
 from quantlab.workload import DataSpec, DataTask
 
-from conftest import run_cli
+from conftest import children, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -343,16 +343,4 @@ def test_ctrl_c_stops_the_worker_processes_and_writes_nothing(tmp_path):
 
 def _spawned_children(parent: int) -> list[int]:
     """Worker processes multiprocessing spawned for ``parent`` (not its resource tracker)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and "spawn_main" in cmdline:
-            found.append(int(entry.name))
-    return found
+    return [pid for pid, cmdline in children(parent) if "spawn_main" in cmdline]

@@ -30,13 +30,11 @@ from quantlab.tune.options import Budget
 from quantlab.tune.pipeline import resolution_note
 from quantlab.workload import DataSpec
 
-from conftest import run_cli
+from conftest import children, run_cli
 
 PLUGIN = '''
-import numpy as np
-
-class NanMetric:
-    name = "nanmetric"
+class Quiet:
+    name = "quiet"
     def __init__(self, outputs):
         self.outputs = list(outputs)
     @classmethod
@@ -44,26 +42,22 @@ class NanMetric:
         return True
     def update(self, reference, candidate, labels):
         pass
-    def merge(self, other):
-        pass
-    def result(self):
-        return {"score": float("nan"), "score_name": "agreement", "reference": float("nan"), "outputs": []}
-
-class Exploding:
-    name = "exploding"
-    def __init__(self, outputs):
-        self.outputs = list(outputs)
-    @classmethod
-    def applies(cls, shapes):
-        return True
-    def update(self, reference, candidate, labels):
-        raise ZeroDivisionError("the plugin divided by zero")
     def merge(self, other):
         pass
     def result(self):
         return {}
 
-class BrokenConstructor(Exploding):
+class NanMetric(Quiet):
+    name = "nanmetric"
+    def result(self):
+        return {"score": float("nan"), "score_name": "agreement", "reference": float("nan"), "outputs": []}
+
+class Exploding(Quiet):
+    name = "exploding"
+    def update(self, reference, candidate, labels):
+        raise ZeroDivisionError("the plugin divided by zero")
+
+class BrokenConstructor(Quiet):
     name = "broken"
     def __init__(self, outputs):
         raise ValueError("needs a config file")
@@ -222,21 +216,6 @@ def test_layer_labels_of_plots_are_unique():
 # ------------------------------------------------------------------------------------------ worker processes
 
 
-def _children(parent: int) -> list[tuple[int, str]]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == parent:
-            found.append((int(entry.name), cmdline))
-    return found
-
-
 def test_workers_and_the_resource_tracker_die_when_the_driver_is_killed(tmp_path):
     if not Path("/proc").is_dir():
         pytest.skip("reads /proc to find the worker processes (Linux)")
@@ -253,7 +232,7 @@ def test_workers_and_the_resource_tracker_die_when_the_driver_is_killed(tmp_path
     deadline = time.monotonic() + 60
     spawned = []
     while time.monotonic() < deadline and driver.poll() is None:
-        spawned = _children(driver.pid)
+        spawned = children(driver.pid)
         if sum("spawn_main" in c for _, c in spawned) == 2 and any("resource_tracker" in c for _, c in spawned):
             break
         time.sleep(0.2)
