@@ -11,6 +11,7 @@ from .args import (
     add_data_arguments,
     add_executor_arguments,
     collect_options,
+    command_line,
     data_spec,
     emit,
     executor_for,
@@ -51,5 +52,7 @@ def run(args: argparse.Namespace) -> int:
     if executor_line(executor):
         text += "\n" + executor_line(executor)
         data["executor"] = {"where": executor.describe(), "ran": executor.ran()}
+    text += ("\n  next: " + command_line("calibrate", args, f"--stats {args.output} --method entropy", data=False)
+             + "   # ranges from these histograms, without running the model again")
     emit(args, data, text)
     return 0

@@ -33,5 +33,6 @@ def run(args: argparse.Namespace) -> int:
     merged.save(args.output)
     data = {"inputs": list(args.inputs), "output": str(args.output), "samples": merged.num_samples,
             "tensors": len(merged.tensors)}
-    emit(args, data, f"merged {len(args.inputs)} files ({merged.num_samples} samples) -> {args.output}")
+    emit(args, data, f"merged {len(args.inputs)} files ({merged.num_samples} samples) -> {args.output}\n"
+                     f"  next: quantlab calibrate MODEL --stats {args.output} --method entropy   # ranges from them")
     return 0
