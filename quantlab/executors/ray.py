@@ -90,6 +90,10 @@ def _join_error(ray, exc: Exception, where: str) -> QuantlabError:
         return QuantlabError(f"the Ray cluster at {where} answers but refused this client. With token authentication "
                              f"on (RAY_AUTH_MODE=token on the head), {TOKEN_HINT}. Otherwise check that this client's "
                              f"Ray ({ray.__version__}) is the head's version", params=("address",))
+    if "Initialization failure from server" in first:
+        return QuantlabError(f"the Ray Client server at {where} could not start a session for this client (its "
+                             "per-client server process exited; the head's logs/ray_client_server*.err say why); try "
+                             "again, or join with host:6379 from a node of the cluster", params=("address",))
     if "ray[client]" in first:
         return QuantlabError(f"a ray:// address uses Ray Client, which needs packages not installed here: "
                              f"{INSTALL_HINT} (it installs ray[client]), or join with host:6379 from a cluster node",
