@@ -116,6 +116,7 @@ def test_layer_names_split_into_onnx_names_outside_brackets():
     assert names_in("w + /a/Conv + PWN(PWN(/a/Sigmoid), PWN(/a/Mul))") == ["w", "/a/Conv", "/a/Sigmoid", "/a/Mul"]
     assert names_in("{ForeignNode[/x/MatMul.../x/Softmax]}") == ["/x/MatMul", "/x/Softmax"]
     assert names_in("Reformatting CopyNode for Input Tensor 0 to /a/Conv") == []
+    assert names_in("__myl_MulMinMaxRounCast_myl0_0") == []
 
 
 # ------------------------------------------------------------------------------------------ profiles

@@ -148,8 +148,8 @@ def split_top(text: str, sep: str) -> list[str]:
 
 def names_in(layer_name: str) -> list[str]:
     """The ONNX names a layer's name mentions: the parts of ``a + b``, the arguments of
-    ``PWN(...)``, both ends of ``{ForeignNode[a...b]}``, what a ``Reformatting CopyNode`` feeds
-    (nothing of its own). Some are weights or tensors, not nodes: matching against a model sorts
+    ``PWN(...)``, both ends of ``{ForeignNode[a...b]}``; nothing for a ``Reformatting CopyNode`` or a
+    Myelin kernel (``__myl_...``). Some are weights or tensors, not nodes: matching against a model sorts
     that out (:func:`quantlab.roundtrip.inspect.inspect`)."""
     if layer_name.startswith("Reformatting CopyNode") or " reformatter " in layer_name:
         return []
@@ -164,6 +164,8 @@ def names_in(layer_name: str) -> list[str]:
         if match:
             ends = match.group(1).split("...")
             found += [e for e in ends if e]
+            continue
+        if part.startswith("__myl_"):  # a Myelin kernel's generated name, not an ONNX one
             continue
         found.append(re.sub(r" copy$", "", part))
     return list(dict.fromkeys(found))
