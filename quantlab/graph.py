@@ -369,9 +369,14 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
     return types
 
 
+def static_dims(vi: onnx.ValueInfoProto) -> tuple:
+    """A tensor's dimensions as declared: an int per fixed one, None per symbolic one."""
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim)
+
+
 def _input_spec(vi: onnx.ValueInfoProto) -> InputSpec:
     tensor = vi.type.tensor_type
-    dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim)
+    dims = static_dims(vi)
     try:
         dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.elem_type))
     except (KeyError, TypeError):

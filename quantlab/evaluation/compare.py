@@ -97,7 +97,7 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     if is_qdq_file(cache):
         typed_model = read_qdq_model(cache, graph)
         qdq_model = emulated(typed_model)
-        amax = quantized_ranges(typed_model)
+        amax = file_amax = quantized_ranges(typed_model)
         ranges_info = {"file": str(cache), "format": "qdq-onnx", "method": None}
     else:
         ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
@@ -127,6 +127,9 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     amax = {name: amax[aliases.get(name, name)] for name in graph.activations if aliases.get(name, name) in amax}
     internal = [name for name in graph.activations if name not in inputs and name not in output_names
                 and name in aliases]
+    if options.first_divergence is not None and (not internal or not options.tensor_samples or backend == "tensorrt"):
+        raise QuantlabError("--first-divergence reads the per-tensor errors: keep --tensor-samples above 0 "
+                            "and the onnxruntime backend", params=("first_divergence",))
     heldout = check_heldout(graph, data, evaluation)
     first = next(heldout.batches(limit=1, batch_size=1))
     sizes, per_run = heldout.activation_sizes(providers)
@@ -177,7 +180,7 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         "int8_model": {"size_bytes": len(qdq_bytes), "precision_plan": {k: v for k, v in plan.to_dict().items()
                                                                          if k != "nodes"},
                        **(_written_by_quantlab(qdq_report, qdq) if qdq_report is not None
-                          else _read_from_file(typed_model))},
+                          else _read_from_file(typed_model, len(file_amax)))},
         "ranges": ranges_info,
         "data": {"source": str(heldout.source), "scaling": heldout.scaling,
                  "samples": result.samples, "fingerprint": fingerprint.hexdigest,
@@ -217,16 +220,12 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
     if layers is not None:
         out["layer_info"] = layers.to_dict()
     if options.first_divergence is not None:
-        if not internal or not tensor_limit:
-            raise QuantlabError("--first-divergence reads the per-tensor errors: keep --tensor-samples above 0 "
-                                "and the onnxruntime backend", params=("first_divergence",))
         out["first_divergence"] = first_divergence(graph.model, errors, amax, options.first_divergence)
     thresholds = {name: {"amax": amax[name]} for name in (r["tensor"] for r in worst_rows[:6]) if name in amax}
     hist = {r["tensor"]: errors.histograms[r["tensor"]] for r in worst_rows[:6] if r["tensor"] in errors.histograms}
     if "first_divergence" in out:
-        named = [r["tensor"] for part in ("below_threshold", "largest_drops") for r in out["first_divergence"][part]]
         rows = {r["tensor"]: r for part in ("below_threshold", "largest_drops") for r in out["first_divergence"][part]}
-        inputs_of = [i for t in dict.fromkeys(named) for i in rows[t]["input_ranges"]]
+        inputs_of = [i for r in rows.values() for i in r["input_ranges"]]
         divergence = {t: errors.histograms[t] for t in dict.fromkeys(inputs_of) if t in errors.histograms}
         hist = {"worst": hist, "divergence": divergence,
                 "divergence_thresholds": {t: {"amax": amax[t]} for t in divergence}}
@@ -256,12 +255,12 @@ def _written_by_quantlab(report, qdq: QdqOptions) -> dict:
             "unmatched_ranges": report.unmatched_ranges, "left_in_float": report.skipped_nodes}
 
 
-def _read_from_file(model) -> dict:
-    """What a Q/DQ file from elsewhere says of itself (no export report exists for it)."""
-    amax = quantized_ranges(model)
+def _read_from_file(model, activations: int) -> dict:
+    """What a Q/DQ file from elsewhere says of itself (no export report exists for it); ``activations``:
+    how many activations it quantizes."""
     weights = sum(1 for node in model.graph.node if node.op_type == "DequantizeLinear"
                   and node.input[0] in {init.name for init in model.graph.initializer})
-    return {"placement": None, "qdq": None, "quantized_activations": len(amax), "quantized_weights": weights,
+    return {"placement": None, "qdq": None, "quantized_activations": activations, "quantized_weights": weights,
             "unmatched_ranges": [], "left_in_float": []}
 
 

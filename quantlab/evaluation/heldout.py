@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import DataError
-from ..graph import ModelGraph
+from ..graph import ModelGraph, static_dims
 from ..preprocess import (
     DataFingerprint,
     check_batch_size,
@@ -102,11 +102,7 @@ def class_count(graph: ModelGraph, outputs: Sequence[str], metric: str) -> Optio
     [N, C] outputs): the smallest C of the outputs, from the model's static shapes; None otherwise."""
     if metric not in ("classification", "auto"):
         return None
-    shapes = {}
-    for vi in graph.model.graph.output:
-        if vi.name in outputs:
-            dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
-            shapes[vi.name] = tuple(dims[1:])
+    shapes = {vi.name: static_dims(vi)[1:] for vi in graph.model.graph.output if vi.name in outputs}
     if not shapes or not ClassificationMetric.applies(shapes):
         return None
     return min(s[0] for s in shapes.values())

@@ -64,9 +64,8 @@ class ExportedInputs:
 
     def commands(self, model: str = "model.qdq.onnx") -> list[str]:
         """How to run the engine on these inputs and save what quantlab reads back."""
-        arrays = {name: np.empty(shape, np.uint8) for name, shape in self.shapes.items()}
         return [f"polygraphy run {model} --trt --load-inputs {self.path} --save-outputs engine.json",
-                f"trtexec --onnx={model} {trtexec.load_inputs_flag(self.raw)} {trtexec.shapes_flag(arrays)} "
+                f"trtexec --onnx={model} {trtexec.load_inputs_flag(self.raw)} {trtexec.shapes_flag(self.shapes)} "
                 "--exportOutput=engine.json --profilingVerbosity=detailed --exportLayerInfo=layers.json "
                 "--exportProfile=profile.json"]
 
@@ -114,9 +113,10 @@ def export_inputs(model: Optional[ModelSource], data: Optional[DataSpec], output
             feeds.append({name: np.ascontiguousarray(value) for name, value in part.inputs.items()})
             bar.update(len(part.indices))
     polygraphy.write_inputs(output, feeds)
-    whole = {name: np.concatenate([f[name] for f in feeds]) for name in feeds[0]}
-    result = ExportedInputs(output, len(heldout), len(feeds), batch, shapes={n: a.shape for n, a in whole.items()})
+    shapes = {name: (len(heldout), *array.shape[1:]) for name, array in feeds[0].items()}
+    result = ExportedInputs(output, len(heldout), len(feeds), batch, shapes=shapes)
     if raw:
+        whole = {name: np.concatenate([f[name] for f in feeds]) for name in shapes}
         result.raw = trtexec.write_raw_inputs(output.with_suffix(""), whole)
         if static and static != len(heldout):
             result.notes.append(f"the model's batch is fixed at {static}: trtexec can load the raw files only for "

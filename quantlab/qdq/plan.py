@@ -39,7 +39,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantlabError
-from ..graph import SHAPE_OPS
+from ..graph import SHAPE_OPS, static_dims
 from .placement import COMMUTING_OPS, POOLING_OPS, QUANTIZED_OPS, attribute
 from .remainder import element_types
 
@@ -289,7 +289,7 @@ def _inferred_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         tensor_type = vi.type.tensor_type
         if vi.type.HasField("tensor_type") and tensor_type.HasField("shape"):
-            dims = tuple(d.dim_value if d.HasField("dim_value") else None for d in tensor_type.shape.dim)
+            dims = static_dims(vi)
             if all(d is not None and d >= 0 for d in dims):
                 shapes[vi.name] = dims
     return shapes

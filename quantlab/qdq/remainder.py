@@ -56,7 +56,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..errors import QuantlabError
-from ..graph import names_used
+from ..graph import names_used, static_dims
 from ..histogram import EMPTY_EXPONENT, TensorHistogram
 
 HIGH_PRECISIONS = ("fp16", "bf16", "fp32")
@@ -531,8 +531,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, tuple]:
     shapes = {}
     for vi in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
         if vi.type.HasField("tensor_type") and vi.type.tensor_type.HasField("shape"):
-            shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None
-                                    for d in vi.type.tensor_type.shape.dim)
+            shapes[vi.name] = static_dims(vi)
     return shapes
 
 

@@ -131,5 +131,6 @@ def load_inputs_flag(files: Mapping[str, Path]) -> str:
     return "--loadInputs=" + ",".join(f"'{name}':{path}" for name, path in files.items())
 
 
-def shapes_flag(arrays: Mapping[str, np.ndarray]) -> str:
-    return "--shapes=" + ",".join(f"'{name}':{'x'.join(str(d) for d in a.shape)}" for name, a in arrays.items())
+def shapes_flag(shapes: Mapping[str, tuple]) -> str:
+    """The ``--shapes`` argument for inputs of these shapes."""
+    return "--shapes=" + ",".join(f"'{name}':{'x'.join(str(d) for d in shape)}" for name, shape in shapes.items())

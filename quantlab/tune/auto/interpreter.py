@@ -193,6 +193,7 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
     before, so the choices are those of keeping every value."""
     nodes = sessions.nodes
     outputs = sessions.graph.output_names
+    kept = frozenset(outputs)
     last_use = {name: position for position, node in enumerate(nodes) for name in node.input}
     chosen = dict(start)
     error, _, _ = TwoPathRun(sessions, readers, dict(chosen), reference).run(inputs)
@@ -204,7 +205,7 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
         if spent >= budget_passes:
             break
         first = min(readers[name])
-        state = forward(sessions, state, at, first, chosen, last_use, outputs)
+        state = forward(sessions, state, at, first, chosen, last_use, kept)
         at = first
         below = downstream(nodes, name)
         ranked = sorted(set(candidates[name]))
@@ -213,7 +214,7 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
             moved = False
             while 0 <= position + direction < len(ranked) and spent < budget_passes:
                 trial_chosen = {**chosen, name: ranked[position + direction]}
-                trial = forward(sessions, dict(state), at, len(nodes), trial_chosen, last_use, outputs)
+                trial = forward(sessions, dict(state), at, len(nodes), trial_chosen, last_use, kept)
                 spent += len(below) / max(len(nodes), 1)
                 moves += 1
                 trial_error = math.fsum(relative_error(trial[n], reference[n]) for n in outputs)
@@ -228,7 +229,7 @@ def refine(sessions: NodeSessions, inputs: dict[str, np.ndarray], readers: dict[
 
 
 def forward(sessions: NodeSessions, values: dict[str, np.ndarray], start: int, stop: int, chosen: dict[str, float],
-            last_use: dict[str, int], keep: Sequence[str]) -> dict[str, np.ndarray]:
+            last_use: dict[str, int], keep: frozenset) -> dict[str, np.ndarray]:
     """Run nodes ``start .. stop - 1`` on the INT8 path from ``values`` (changed in place and returned),
     freeing each value after its last reader unless it is in ``keep``."""
     nodes = sessions.nodes
