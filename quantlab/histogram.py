@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
@@ -233,6 +234,31 @@ class TensorHistogram:
         self.max_value = _greatest(self.max_value, other.max_value)
         self.nan_count += other.nan_count
         self.inf_count += other.inf_count
+
+    def without(self, part: TensorHistogram) -> Optional[TensorHistogram]:
+        """The statistics of the values seen here but not in ``part`` (a histogram of some of the same
+        samples), or None when ``part`` holds values this one never saw.
+
+        Counts subtract exactly on the power-of-two grid. The extremes cannot be subtracted: where
+        ``part`` did not reach an extreme it stays; where it did, the remainder's is bounded by its
+        highest non-empty bin (one bin width: 1/``bins`` of the range)."""
+        if part.bins != self.bins:
+            raise ValueError(f"cannot subtract histograms of {part.bins} and {self.bins} bins")
+        if part.exponent > self.exponent or part.nan_count > self.nan_count or part.inf_count > self.inf_count:
+            return None
+        counts = self.counts - rebinned(part.counts, part.exponent, self.exponent)
+        if (counts < 0).any():
+            return None
+        rest = TensorHistogram(self.bins, counts, self.exponent, nan_count=self.nan_count - part.nan_count,
+                               inf_count=self.inf_count - part.inf_count)
+        filled = np.flatnonzero(counts)
+        if not len(filled):
+            return rest
+        top = float(self.edges[filled[-1] + 1])
+        rest.max_abs = self.max_abs if part.max_abs < self.max_abs else min(self.max_abs, top)
+        rest.max_value = self.max_value if part.max_value < self.max_value else min(self.max_value, top)
+        rest.min_value = self.min_value if part.min_value > self.min_value else max(self.min_value, -top)
+        return rest
 
     def _rebin(self, exponent: int) -> None:
         if exponent != self.exponent:

@@ -62,6 +62,23 @@ class Statistics:
         self.num_samples += other.num_samples
         self.fingerprint.merge(other.fingerprint)
 
+    def without(self, part: Statistics) -> Optional[Statistics]:
+        """Statistics of the samples counted here but not in ``part`` (statistics of some of the same
+        samples, e.g. the ones ``auto`` judges on), tensor by tensor (see
+        :meth:`TensorHistogram.without`); None when ``part`` is not contained in these."""
+        if part.model_sha256 != self.model_sha256 or part.bins != self.bins or part.num_samples >= self.num_samples:
+            return None
+        tensors = {}
+        for name, hist in self.tensors.items():
+            if name not in part.tensors:
+                return None
+            rest = hist.without(part.tensors[name])
+            if rest is None:
+                return None
+            tensors[name] = rest
+        return Statistics(self.model_sha256, tensors, self.num_samples - part.num_samples, bins=self.bins,
+                          scaling=self.scaling)
+
     def to_bytes(self) -> bytes:
         names = list(self.tensors)
         hists = [self.tensors[n] for n in names]

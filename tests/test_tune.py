@@ -28,8 +28,8 @@ from quantlab.tune.auto import (
     fake_quantize,
     sample_inputs,
 )
-from quantlab.tune.auto.interpreter import NodeSessions, TwoPathRun
-from quantlab.tune.auto.quantize import relative_error
+from quantlab.interpreter import NodeSessions, TwoPathRun
+from quantlab.interpreter.arithmetic import relative_error
 from quantlab.tune.options import Budget, SearchOptions, TuneOutput
 from quantlab.tune.pipeline import tune, tuned_paths
 from quantlab.tune.search import search

@@ -20,10 +20,10 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from ...collector import make_session
-from ...graph import ModelGraph
-from ...qdq import QUANTIZED_OPS
-from .quantize import fake_quantize, fake_quantize_weight, relative_error
+from ..collector import make_session
+from ..graph import ModelGraph
+from ..qdq import QUANTIZED_OPS
+from .arithmetic import fake_quantize, fake_quantize_weight, relative_error
 
 
 def has_subgraphs(graph: ModelGraph) -> bool:
@@ -88,7 +88,9 @@ class TwoPathRun:
     ``decide(tensor, candidates, judge)`` is called at the first quantized layer that reads an
     undecided tensor, with a ``judge(amax) -> error`` that scores a candidate at the outputs of the
     tensor's quantized readers whose inputs are all computed by then (INT8 path with the ranges
-    chosen so far, against FP32); it returns the amax to go on with. With every range given
+    chosen so far, against FP32; on the first ``judge_samples`` samples: a layer's output error is
+    an average over every position of every sample, steady long before the graph outputs' is); it
+    returns the amax to go on with. With every range given
     (``chosen``), nothing is decided; with ``reference`` (the FP32 graph outputs of an earlier run)
     the FP32 path is not run at all.
     """
@@ -97,6 +99,7 @@ class TwoPathRun:
     readers: dict[str, list[int]]  # tensor -> positions of the quantized layers reading it
     chosen: dict[str, float] = field(default_factory=dict)
     reference: Optional[dict[str, np.ndarray]] = None
+    judge_samples: Optional[int] = None  # judge candidates on the first of the samples only (None: all)
 
     def run(self, inputs: dict[str, np.ndarray], decide: Optional[Callable] = None,
             progress: bool = False) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -121,12 +124,14 @@ class TwoPathRun:
 
         def judge_for(name: str) -> Callable[[float], float]:
             ready = [p for p in self.readers[name] if all(n in q for n in sessions.runtime_inputs(p))]
-            refs = {p: fp_output(p) for p in ready}
+            part = slice(None, self.judge_samples)
+            refs = {p: fp_output(p)[part] for p in ready}
+            feeds = {p: {n: q[n][part] for n in sessions.runtime_inputs(p)} for p in ready}
 
             def judge(amax: float) -> float:
                 trial = {**self.chosen, name: amax}
-                return math.fsum(relative_error(sessions.run(p, int8_feeds(sessions, p, q, trial), True)[0], refs[p])
-                                 for p in ready)
+                return math.fsum(relative_error(sessions.run(p, int8_feeds(sessions, p, feeds[p], trial), True)[0],
+                                                refs[p]) for p in ready)
             return judge
 
         bar = tqdm(total=len(nodes), unit="node", desc="auto: scoring ranges", disable=not progress, file=sys.stderr)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...weights import per_channel_amax, quantize_weight
+from ..weights import per_channel_amax, quantize_weight
 
 
 def fake_quantize(x: np.ndarray, amax: float) -> np.ndarray:
