@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .atomic import OutputSet, check_outputs
 from .collector import ActivationCollector
+from .corrections import BiasCorrection, correct_biases
 from .errors import CalibratorError, DataError, QuantlabError, StatisticsError
 from .executors import Executor, executor_scope, plan_shards, report_progress
 from .executors.shipping import ModelRef, portable_source
@@ -41,7 +42,7 @@ from .graph import ModelGraph
 from .histogram import DEFAULT_BINS, check_bins
 from .plugins import get_calibrator
 from .preprocess import check_batch_size, describe_scaling, first_sample_dtype, iterate_batches
-from .qdq import QdqOptions, QdqReport, export_qdq, measured_ranges
+from .qdq import QdqOptions, QdqReport, export_qdq, measured_ranges, quantized_layers
 from .statistics import Statistics, merge_files
 from .table import CalibrationTable, timestamp, versions
 from .weights import weight_ranges
@@ -431,13 +432,16 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
               method: Union[str, Method] = "entropy", *,
               output: Union[PathLike, CalibrationOutput, None] = None, collect: CollectOptions = CollectOptions(),
               policy: RangePolicy = RangePolicy(), stats: Optional[Sequence[PathLike]] = None,
-              progress: bool = True, executor: Union[Executor, str, None] = None) -> CalibrationResult:
+              progress: bool = True, executor: Union[Executor, str, None] = None,
+              bias_correction: Optional[BiasCorrection] = None) -> CalibrationResult:
     """Calibrate ``model`` (the embedded default when None) on ``data`` and write the cache and table.
 
     ``output``: a cache path, or a :class:`CalibrationOutput` (table path, statistics file, cache
     header); ``None`` writes no file. ``stats`` skips collection and calibrates from statistics
     files (merged when several). ``executor`` runs the collection (:func:`collect_statistics`; the
-    cache is the same, byte for byte, whichever runs it).
+    cache is the same, byte for byte, whichever runs it). ``bias_correction``: also fold the mean
+    INT8 error of each layer into its float bias (:mod:`quantlab.corrections`), for the table and
+    the Q/DQ model (a TensorRT cache cannot carry it).
     """
     started = time.perf_counter()
     graph = resolve_model(model)
@@ -456,6 +460,11 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
     else:
         statistics = collect_statistics(graph, data, collect, progress=progress, executor=executor)
     result_table = calibrate_statistics(graph, statistics, method, policy=policy, data=data, progress=progress)
+    if bias_correction is not None:
+        layers = quantized_layers(graph, result_table.activations, files.qdq_options if files else QdqOptions())
+        corrections = correct_biases(graph, result_table.activations, data, bias_correction, layers, progress)
+        result_table.biases = corrections.biases
+        result_table.provenance["bias_correction"] = corrections.to_dict()
     result_table.provenance["trt_cache_header"] = header
     measured = measured_ranges(statistics.tensors)
     result_table.provenance["measured"] = {name: measured[name].to_dict() for name in sorted(measured)}
@@ -466,7 +475,7 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
                 outputs.add(files.stats, statistics.to_bytes())
             if files.qdq is not None:
                 qdq_model, qdq_report = export_qdq(graph, result_table.activations, result_table.weights,
-                                                   files.qdq_options, measured=measured)
+                                                   files.qdq_options, measured=measured, biases=result_table.biases)
                 result_table.provenance["qdq"] = {"model": str(files.qdq), **qdq_report.to_dict()}
                 qdq_path = outputs.add(files.qdq, qdq_model.SerializeToString())
             if files.cache is not None:

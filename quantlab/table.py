@@ -39,6 +39,8 @@ class CalibrationTable:
     provenance: dict = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # tensor -> why its amax is special
     methods: dict[str, str] = field(default_factory=dict)  # tensor -> the method that chose it (``auto``)
+    # layer -> corrected float bias (bias correction): Q/DQ exports write it; a TensorRT cache cannot.
+    biases: dict[str, np.ndarray] = field(default_factory=dict)
 
     def scales(self) -> dict[str, float]:
         """scale = amax / 127 as float32 (what TensorRT and Q/DQ store)."""
@@ -62,6 +64,8 @@ class CalibrationTable:
                 name: {"op": w.op_type, "axis": w.axis, "amax": [float(v) for v in w.amax]}
                 for name, w in self.weights.items()
             },
+            **({"biases": {name: [float(v) for v in np.asarray(b, np.float32)] for name, b in self.biases.items()}}
+               if self.biases else {}),
         }
 
     def to_json(self) -> str:
@@ -91,10 +95,11 @@ class CalibrationTable:
                 n: WeightRange(e["op"], int(e["axis"]), np.asarray(e["amax"], dtype=np.float64))
                 for n, e in data.get("weights", {}).items()
             }
+            biases = {n: np.asarray(v, dtype=np.float32) for n, v in data.get("biases", {}).items()}
         except (KeyError, TypeError, ValueError) as exc:
             raise CacheFormatError(f"{source}: malformed table entry ({exc})") from exc
         return cls(data.get("method", "?"), data.get("params", {}), activations, weights,
-                   data.get("provenance", {}), notes, methods)
+                   data.get("provenance", {}), notes, methods, biases)
 
     @classmethod
     def load(cls, path: str | Path) -> CalibrationTable:

@@ -30,7 +30,7 @@ from .errors import DataError, QuantlabError
 from .executors.shipping import ModelRef, worker_cached
 from .graph import ModelGraph, load_model
 from .plugins import detect_dataset_adapter, get_dataset_adapter
-from .preprocess import Preprocess, model_layout, select_indices
+from .preprocess import Preprocess, iterate_batches, model_layout, select_indices
 
 ModelSource = Union[str, Path, ModelGraph]
 
@@ -136,3 +136,18 @@ def table_path_for(cache_path: Union[str, Path]) -> Path:
     """The quantlab table written beside a TensorRT cache: ``<cache stem>.quantlab.json``."""
     path = Path(cache_path)
     return path.with_name(path.stem + ".quantlab.json")
+
+
+def sample_inputs(graph: ModelGraph, data: DataSpec, samples: int) -> dict[str, np.ndarray]:
+    """The first ``samples`` of the calibration selection, preprocessed, as one array per input
+    (what ``auto`` and bias correction run the graph node by node on)."""
+    dataset = open_dataset(data_source(graph, data), data.data_format, graph)
+    indices = select_indices(len(dataset), data.num_samples, data.seed)[:samples]
+    fixed = graph.inputs[0].fixed_batch if graph.inputs else None
+    if fixed:
+        indices = indices[:len(indices) - len(indices) % fixed]
+        if not len(indices):
+            raise DataError(f"the model's batch size is fixed at {fixed}; this needs at least {fixed} calibration "
+                            "samples", params=("num_samples",))
+    batches = list(iterate_batches(dataset, indices, graph.inputs, data.preprocess, fixed or data.batch_size))
+    return {name: np.concatenate([b.inputs[name] for b in batches]) for name in batches[0].inputs}

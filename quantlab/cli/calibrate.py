@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .. import defaults
 from ..calibrate import CalibrationOutput, Method, calibrate
+from ..corrections import DEFAULT_SAMPLES as DEFAULT_BC_SAMPLES
+from ..corrections import BiasCorrection
 from ..errors import QuantlabError
 from ..formats.trtcache import parse_version
 from ..plugins import calibrator_class, list_calibrators, list_dataset_adapters
@@ -80,6 +82,10 @@ def add_parser(sub) -> None:
     add_trt_version_argument(cal, "the cache")
     cal.add_argument("--trt-algorithm", help="algorithm in the cache header (default: "
                      "EntropyCalibration2, MinMaxCalibration for max)")
+    cal.add_argument("--bias-correction", nargs="?", type=int, const=DEFAULT_BC_SAMPLES, metavar="SAMPLES",
+                     help="fold the mean error INT8 puts on each output channel of every Conv/ConvTranspose/Gemm "
+                          "into its float bias, measured on the first SAMPLES calibration samples (default "
+                          f"{DEFAULT_BC_SAMPLES}); the table and the Q/DQ model carry it, a TensorRT cache cannot")
     cal.add_argument("--json", action="store_true", help="print the result as JSON instead of the summary")
     cal.add_argument("--list-methods", action="store_true", help="list installed methods and exit")
     cal.add_argument("--list-formats", action="store_true", help="list dataset adapters and exit")
@@ -116,10 +122,12 @@ def run(args: argparse.Namespace) -> int:
                                qdq=None if kind == "cache" else target, qdq_options=qdq_options(args))
     graph = resolve_model(args.model)
     replaced = _method_in(target if kind == "qdq" else cache) if args.output is None else None
+    correction = None if args.bias_correction is None else BiasCorrection(args.bias_correction)
     with executor_for(args) as executor:
         result = calibrate(graph, data_spec(args), Method(args.method, parse_params(args.param)), output=output,
                            collect=collect_options(args), policy=range_policy(args), stats=args.stats,
-                           progress=not args.quiet, executor=executor)
+                           progress=not args.quiet, executor=executor,
+                           bias_correction=correction)
     table = result.table
     amax = sorted(table.activations.values())
     data = {"model": str(model_path), "method": table.method, "params": table.params,
@@ -142,6 +150,17 @@ def run(args: argparse.Namespace) -> int:
         lines.append(f"  chosen      : {counts} (per tensor, by the error it causes downstream on "
                      f"{auto['samples']} calibration samples; the table says which)")
         data["chosen_counts"] = auto["chosen_counts"]
+    if "bias_correction" in table.provenance:
+        corrected = table.provenance["bias_correction"]
+        shifts = sorted(corrected["layers"].items(), key=lambda i: -(i[1]["relative"] or 0))
+        largest = f"; largest {shifts[0][0]} ({shifts[0][1]['relative']:.2%} of its bias)" if shifts and \
+            shifts[0][1]["relative"] else ""
+        lines.append(f"  biases      : {corrected['corrected']} layer(s) corrected on {corrected['samples']} samples, "
+                     f"{len(corrected['skipped'])} left alone{largest} (the table lists each)")
+        if kind == "cache":
+            lines.append("  note: a TensorRT cache holds ranges only: the corrected biases are in the table; "
+                         "export-qdq from the table, or --format qdq/both, to deploy them")
+        data["bias_correction"] = {k: corrected[k] for k in ("corrected", "samples", "skipped")}
     graph_notes = list(result.table.provenance["model"].get("normalisation", []))
     if graph.data_independent:
         graph_notes.append(f"{len(graph.data_independent)} data-independent tensor(s) (from Shape/constants) "

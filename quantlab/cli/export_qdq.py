@@ -52,12 +52,12 @@ def run(args: argparse.Namespace) -> int:
     check_output(args.output)
     graph = resolve_model(args.model)
     ranges = read_ranges(args.cache)
-    weights = measured = None
+    weights = measured = biases = None
     source = "cache thresholds (lower bounds)"
     if ranges.format == "quantlab":
         table = ranges.extra["table"]
         table.check_model(graph.sha256, graph.activations)
-        weights = table.weights
+        weights, biases = table.weights, table.biases
         if "measured" in table.provenance:
             measured = {name: MeasuredRange.from_dict(value) for name, value in table.provenance["measured"].items()}
             source = "the table's measured ranges"
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         measured = measured_ranges(stats.tensors)
         source = "measured ranges from " + ", ".join(args.stats)
     model, report = export_qdq(graph, ranges.amax, weights, qdq_options(args), require_all=not args.allow_missing,
-                               measured=measured)
+                               measured=measured, biases=biases)
     write_bytes_atomic(args.output, model.SerializeToString())
     data = {"output": str(args.output), "cache": str(args.cache), "cache_format": ranges.format,
             "unmatched_ranges": report.unmatched_ranges, "missing_ranges": report.missing_ranges,

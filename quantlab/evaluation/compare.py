@@ -101,16 +101,18 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         ranges_info = {"file": str(cache), "format": "qdq-onnx", "method": None}
     else:
         ranges = cache if isinstance(cache, RangeFile) else read_ranges(cache)
-        weights = measured = None
+        weights = measured = biases = None
         if ranges.format == "quantlab":
             table = ranges.extra["table"]
             table.check_model(graph.sha256, graph.activations)
-            weights = table.weights
+            weights, biases = table.weights, table.biases
             measured = {name: MeasuredRange.from_dict(v) for name, v in table.provenance.get("measured", {}).items()}
         # The typed model is what is written (and what a TensorRT backend builds); the scored model
         # computes what it stores (fp16 tensors rounded to fp16), with the same tensor names.
-        typed_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None)
-        qdq_model, _ = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None, emulate=True)
+        typed_model, qdq_report = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None,
+                                             biases=biases)
+        qdq_model, _ = export_qdq(graph, ranges.amax, weights, qdq, measured=measured or None, emulate=True,
+                                  biases=biases)
         amax = ranges.amax
         ranges_info = {"file": ranges.source, "format": ranges.format,
                        "method": ranges.extra.get("method") if ranges.extra else None}

@@ -10,10 +10,12 @@ type its ONNX tensors have, so a Q/DQ model *is* the engine's precision plan:
 * :mod:`~quantlab.qdq.plan`: the precision TensorRT is expected to give each node, and FLOP shares.
 """
 
-from .export import PLACEMENTS, QUANTIZED_OPS, QdqOptions, QdqReport, export_qdq
+from .export import PLACEMENTS, QUANTIZED_OPS, QdqOptions, QdqReport, apply_biases, export_qdq, quantized_layers
 from .lint import LintResult, lint
 from .plan import PrecisionPlan, precision_plan
 from .remainder import FP16_MAX, HIGH_PRECISIONS, MeasuredRange, measured_ranges
 
 __all__ = ["FP16_MAX", "HIGH_PRECISIONS", "PLACEMENTS", "QUANTIZED_OPS", "LintResult", "MeasuredRange",
-           "PrecisionPlan", "QdqOptions", "QdqReport", "export_qdq", "lint", "measured_ranges", "precision_plan"]
+          
+           "PrecisionPlan", "QdqOptions", "QdqReport", "apply_biases", "export_qdq", "quantized_layers", "lint",
+           "measured_ranges", "precision_plan"]

@@ -41,7 +41,7 @@ from .remainder import (
     thresholds_as_ranges,
 )
 
-__all__ = ["PLACEMENTS", "QUANTIZED_OPS", "QdqOptions", "QdqReport", "export_qdq"]
+__all__ = ["PLACEMENTS", "QUANTIZED_OPS", "QdqOptions", "QdqReport", "apply_biases", "export_qdq", "quantized_layers"]
 
 
 @dataclass
@@ -64,6 +64,7 @@ class QdqReport:
     high_precision: str = "fp16"
     precisions: dict[str, NodePrecision] = field(default_factory=dict)  # node -> its type and why
     unmeasured: int = 0  # remainder tensors without a measured range (typed as the default)
+    corrected_biases: list[str] = field(default_factory=list)  # layers given a corrected float bias
 
     def precision_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -91,7 +92,8 @@ class QdqReport:
                 "high_precision": self.high_precision, "precision_counts": self.precision_counts(),
                 "fp32": self.fp32_reasons(), "unmeasured": self.unmeasured,
                 "quantized_activations": len(self.quantized_activations),
-                "quantized_weights": len(self.quantized_weights)}
+                "quantized_weights": len(self.quantized_weights),
+                **({"corrected_biases": len(self.corrected_biases)} if self.corrected_biases else {})}
 
 
 def _check_exclusions(model: onnx.ModelProto, nodes: set, ops: set, rules: tuple[str, ...]) -> None:
@@ -151,7 +153,8 @@ class QdqOptions:
 def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict[str, WeightRange]] = None,
                options: QdqOptions = QdqOptions(), *, require_all: bool = True,
                measured: Optional[dict[str, MeasuredRange]] = None,
-               emulate: bool = False) -> tuple[onnx.ModelProto, QdqReport]:
+               emulate: bool = False,
+               biases: Optional[dict[str, np.ndarray]] = None) -> tuple[onnx.ModelProto, QdqReport]:
     """A copy of the model with Q/DQ nodes from ``amax`` (and per-channel weight ranges), placed and
     typed as ``options`` say.
 
@@ -162,7 +165,8 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict
     remainder is typed from ``amax`` (a lower bound on max |x|). ``emulate``: return, instead of
     the typed model, the float32 model that computes what the typed one stores - every fp16/bf16
     tensor rounded to its type (:func:`quantlab.qdq.remainder.rounded`) - which is how the
-    evaluation engine scores it.
+    evaluation engine scores it. ``biases``: corrected float biases by layer name (bias correction,
+    :mod:`quantlab.corrections`), written in place of the model's.
     """
     high = options.high_precision
     rules = options.rules
@@ -196,6 +200,8 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict
     report.missing_ranges = missing
     new_nodes = _insert_pairs(model, plan, amax, report)
     _quantize_weights(model, graph, plan, weights, initializers, report)
+    if biases:
+        report.corrected_biases = apply_biases(model, biases)
     _insert_after_producers(model, new_nodes)
     used = {name for node in model.graph.node for name in node.input}
     kept = [init for init in model.graph.initializer if init.name in used]
@@ -222,6 +228,18 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict
     if emulate:
         return rounded(model, precisions), report
     return retype(model, precisions), report
+
+
+def quantized_layers(graph: ModelGraph, amax: dict[str, float], options: QdqOptions = QdqOptions()) -> set[str]:
+    """The layers (node names) whose inputs the export with ``options`` quantizes: what a pass that
+    emulates the exported model must quantize, and nothing else (a small layer left in float by the
+    placement must stay float there too)."""
+    model = graph.model
+    nodes, excluded_nodes, excluded_ops = list(model.graph.node), set(options.exclude_nodes), set(options.exclude_ops)
+    excluded = {i for i, node in enumerate(nodes) if node.name in excluded_nodes or node.op_type in excluded_ops}
+    plan = place(model, set(graph.activations), amax, options.rules, excluded)
+    indices = set(plan.quantized_layers) | {i for pair in plan.pairs for i, _ in pair.consumers}
+    return {nodes[i].name or nodes[i].output[0] for i in indices if nodes[i].op_type in QUANTIZED_OPS}
 
 
 def _insert_pairs(model: onnx.ModelProto, plan: Placement, amax: dict[str, float],
@@ -331,3 +349,33 @@ def _insert_after_producers(model: onnx.ModelProto, new_nodes: dict[str, list[on
 
 def _safe(name: str) -> str:
     return name.strip("/").replace("/", "_").replace(":", "_").replace(" ", "_") or "tensor"
+
+
+def apply_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[str]:
+    """Give the layers of ``model`` (an ONNX ModelProto, changed in place) named in ``biases`` their
+    corrected bias as a new initializer; returns the layers changed. A name the model lacks is an
+    error: a table's corrections belong to the model it was calibrated on."""
+    by_key = {(node.name or node.output[0]): node for node in model.graph.node}
+    missing = [key for key in biases if key not in by_key]
+    if missing:
+        raise QuantlabError(f"{len(missing)} corrected bias(es) name no layer of this model, e.g. {missing[0]!r}: "
+                            "is the table for this model?")
+    changed = []
+    for key, bias in biases.items():
+        node = by_key[key]
+        name = f"{_safe(key)}_corrected_bias"
+        value = np.asarray(bias, np.float32)
+        if node.op_type == "Gemm":
+            old = next((init for init in model.graph.initializer if len(node.input) > 2 and init.name == node.input[2]),
+                       None)
+            if old is not None and len(old.dims) == 2:
+                value = value.reshape(list(old.dims))
+        model.graph.initializer.append(numpy_helper.from_array(value, name))
+        if len(node.input) > 2:
+            node.input[2] = name
+        else:
+            node.input.append(name)
+        changed.append(key)
+    return changed
+
+

@@ -63,11 +63,11 @@ from ...graph import ModelGraph
 from ...heap import return_freed_memory
 from ...interpreter import NodeSessions, TwoPathRun, has_subgraphs, peak_bytes, refine
 from ...interpreter.arithmetic import fake_quantize, histogram_error, relative_error
-from ...preprocess import Batch, iterate_batches, select_indices
+from ...preprocess import Batch
 from ...qdq import QUANTIZED_OPS, QdqOptions, export_qdq
 from ...statistics import Statistics
 from ...table import CalibrationTable
-from ...workload import DataSpec, data_source, is_default_model, open_dataset
+from ...workload import DataSpec, is_default_model, sample_inputs
 
 __all__ = ["AUTO", "AUTO_CANDIDATES", "DEFAULT_SAMPLES", "AutoChoice", "AutoChooser", "AutoOptions", "choose_ranges",
            "fake_quantize", "histogram_error"]
@@ -135,20 +135,6 @@ def candidate_tables(graph: ModelGraph, stats: Statistics, candidates: Sequence[
     """Each candidate method's table on the one collection, keyed by its label."""
     return {method_label(method, params): calibrate_statistics(graph, stats, Method(method, params), policy=policy)
             for method, params in candidates}
-
-
-def sample_inputs(graph: ModelGraph, data: DataSpec, samples: int) -> dict[str, np.ndarray]:
-    """The first ``samples`` of the calibration selection, preprocessed, as one array per input."""
-    dataset = open_dataset(data_source(graph, data), data.data_format, graph)
-    indices = select_indices(len(dataset), data.num_samples, data.seed)[:samples]
-    fixed = graph.inputs[0].fixed_batch if graph.inputs else None
-    if fixed:
-        indices = indices[:len(indices) - len(indices) % fixed]
-        if not len(indices):
-            raise DataError(f"the model's batch size is fixed at {fixed}; auto needs at least {fixed} samples "
-                            "(`auto_samples`)", params=("auto_samples",))
-    batches = list(iterate_batches(dataset, indices, graph.inputs, data.preprocess, fixed or data.batch_size))
-    return {name: np.concatenate([b.inputs[name] for b in batches]) for name in batches[0].inputs}
 
 
 @dataclass(frozen=True)
