@@ -26,6 +26,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantlab.collector", "quantlab.statistics", "quantlab.table", "quantlab.formats", "quantlab.cachetool",
      "quantlab.qdq", "quantlab.precision", "quantlab.backends", "quantlab.roundtrip"),
     ("quantlab.executors",),
+    # the graph run node by node on FP32 and INT8 paths, and the weight-side corrections judged with it
+    ("quantlab.interpreter", "quantlab.corrections"),
     ("quantlab.calibrate",),  # the pipeline: range choosers plug in through entry points, never imported
     ("quantlab.evaluation",),
     ("quantlab.tune",),
