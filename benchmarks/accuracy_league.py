@@ -278,7 +278,6 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/accuracy-league")
     parser.add_argument("--output", default=str(REPORTS / "accuracy-league"))
     args = parser.parse_args()
-    os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count()))
     results = {}
     for name in args.models:
         try:

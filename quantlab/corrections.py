@@ -22,17 +22,15 @@ live in the table (``biases``) and in every Q/DQ model exported from it.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Optional
 
 import numpy as np
 from onnx import numpy_helper
-from tqdm import tqdm
 
 from .errors import QuantlabError
 from .graph import ModelGraph
-from .interpreter import NodeSessions, int8_feeds
+from .interpreter import NodeSessions, TwoPathRun
 from .qdq import FP16_MAX, QUANTIZED_OPS
 from .workload import DataSpec, sample_inputs
 
@@ -81,43 +79,32 @@ def correct_biases(graph: ModelGraph, amax: dict[str, float], data: DataSpec,
     inputs = sample_inputs(graph, data, options.samples)
     sessions = NodeSessions(graph, options.providers)
     nodes = sessions.nodes
+    keys = [node.name or node.output[0] for node in nodes]
     if layers is None:
-        layers = {node.name or node.output[0] for node in nodes if node.op_type in QUANTIZED_OPS}
+        layers = {key for key, node in zip(keys, nodes) if node.op_type in QUANTIZED_OPS}
     eligible, result, added = _eligible_layers(graph, sessions, amax, layers)
     result.samples = len(next(iter(inputs.values())))
-    chosen = {name: float(value) for name, value in amax.items()}
-    fp: dict[str, np.ndarray] = dict(inputs)
-    q: dict[str, np.ndarray] = dict(inputs)
-    last_use = {name: position for position, node in enumerate(nodes) for name in node.input}
-    outputs = set(graph.output_names)
-    for position, node in enumerate(tqdm(nodes, unit="node", desc="bias correction", disable=not progress,
-                                         file=sys.stderr)):
-        for name, value in zip(node.output, sessions.run(position, fp)):
-            if name:
-                fp[name] = value
-        key = node.name or node.output[0]
-        quantized = key in layers
-        results = sessions.run(position, int8_feeds(sessions, position, q, chosen if quantized else {}), quantized)
-        q.update({n: v for n, v in zip(node.output, results) if n})
-        if key in eligible:
-            shift = _mean_error(q[node.output[0]], fp[node.output[0]])
-            bias, beta = eligible[key]
-            corrected = (bias - shift / beta).astype(np.float32)
-            if np.abs(corrected).max(initial=0.0) > FP16_MAX:
-                result.skipped[key] = (f"the corrected bias would reach {np.abs(corrected).max():.4g}, beyond fp16's "
-                                       f"{FP16_MAX:g} (the typed remainder could not hold it)")
-            else:
-                result.biases[key] = corrected
-                norm = float(np.linalg.norm(shift.astype(np.float64)))
-                base = float(np.linalg.norm(bias.astype(np.float64)))
-                result.shifts[key] = {"norm": norm, "relative": norm / base if base else None,
-                                      "added": key in added}
-                q[node.output[0]] = (q[node.output[0]] - _channel_shaped(shift, q[node.output[0]].ndim)).astype(
-                    q[node.output[0]].dtype)
-        for name in node.input:
-            if last_use.get(name) == position and name not in outputs:
-                fp.pop(name, None)
-                q.pop(name, None)
+
+    def correct(position: int, got: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        key = keys[position]
+        if key not in eligible:
+            return got
+        shift = _mean_error(got, reference)
+        bias, beta = eligible[key]
+        corrected = (bias - shift / beta).astype(np.float32)
+        if np.abs(corrected).max(initial=0.0) > FP16_MAX:
+            result.skipped[key] = (f"the corrected bias would reach {np.abs(corrected).max():.4g}, beyond fp16's "
+                                   f"{FP16_MAX:g} (the typed remainder could not hold it)")
+            return got
+        result.biases[key] = corrected
+        norm = float(np.linalg.norm(shift))
+        base = float(np.linalg.norm(bias.astype(np.float64)))
+        result.shifts[key] = {"norm": norm, "relative": norm / base if base else None, "added": key in added}
+        return (got - _channel_shaped(shift, got.ndim)).astype(got.dtype)
+
+    positions = frozenset(i for i, key in enumerate(keys) if key in layers and nodes[i].op_type in QUANTIZED_OPS)
+    TwoPathRun(sessions, {}, {name: float(value) for name, value in amax.items()}, layers=positions,
+               correct=correct, label="bias correction").run(inputs, progress=progress)
     return result
 
 

@@ -7,12 +7,14 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from quantlab.calibrate import Method, calibrate, calibrate_statistics, collect_statistics
+from quantlab.calibrate import Method, calibrate, calibrate_statistics, collect_statistics, method_label
 from quantlab.corrections import BiasCorrection, correct_biases
 from quantlab.evaluation.engine import OrtRunner
 from quantlab.graph import add_outputs
+from quantlab.histogram import rebinned
 from quantlab.qdq import QdqOptions, export_qdq, quantized_layers
-from quantlab.tune.auto import MIN_FITTED, MIN_JUDGED, AutoOptions, choose_ranges, judging_split
+from quantlab.statistics import Statistics
+from quantlab.tune.auto import AUTO_CANDIDATES, MIN_FITTED, MIN_JUDGED, AutoOptions, choose_ranges, judging_split
 from quantlab.workload import DataSpec, resolve_model, sample_inputs
 
 from conftest import run_cli
@@ -43,20 +45,14 @@ def corrections(graph, entropy):
 
 def test_the_statistics_of_the_other_samples_are_the_collection_minus_the_judged_ones(graph):
     whole = collect_statistics(graph, DataSpec(num_samples=96), progress=False)
-    first = collect_statistics(graph, DataSpec(num_samples=96), progress=False)
     judged = judging_split(graph, whole, DataSpec(num_samples=96), 32, AutoOptions()).judged
     rest = whole.without(judged)
     assert rest.num_samples == 64
     for name, hist in rest.tensors.items():
-        merged = hist.counts + np.asarray(judged.tensors[name].counts if judged.tensors[name].exponent == hist.exponent
-                                          else _regrid(judged.tensors[name], hist.exponent))
-        np.testing.assert_array_equal(merged, first.tensors[name].counts)
-
-
-def _regrid(hist, exponent):
-    from quantlab.histogram import rebinned
-
-    return rebinned(hist.counts, hist.exponent, exponent)
+        assert hist.exponent == whole.tensors[name].exponent
+        part = judged.tensors[name]
+        np.testing.assert_array_equal(hist.counts + rebinned(part.counts, part.exponent, hist.exponent),
+                                      whole.tensors[name].counts)
 
 
 def test_statistics_that_do_not_contain_the_judged_samples_cannot_be_subtracted(graph):
@@ -80,17 +76,10 @@ def test_the_held_out_judgement_picks_ranges_the_in_sample_one_would_not(graph, 
 
 def test_auto_takes_its_final_ranges_from_all_the_calibration_samples(graph, stats):
     table, _ = choose_ranges(graph, stats, DataSpec(), AutoOptions(samples=32), progress=False)
+    methods = {method_label(method, params): Method(method, params) for method, params in AUTO_CANDIDATES}
     for name, label in table.methods.items():
-        method = label.split("(")[0]
-        params = {"p": float(label.split("=")[1].rstrip(")"))} if "=" in label else {}
-        single = calibrate_statistics(resolve_model(None), _only(stats, name), Method(method, params))
-        assert table.activations[name] == single.activations[name]
-
-
-def _only(stats, name):
-    from quantlab.statistics import Statistics
-
-    return Statistics(stats.model_sha256, {name: stats.tensors[name]}, stats.num_samples, bins=stats.bins)
+        one = Statistics(stats.model_sha256, {name: stats.tensors[name]}, stats.num_samples, bins=stats.bins)
+        assert table.activations[name] == calibrate_statistics(graph, one, methods[label]).activations[name]
 
 
 def test_too_few_calibration_samples_for_a_held_out_judgement_fall_back_in_sample_with_a_note(graph):
@@ -98,7 +87,7 @@ def test_too_few_calibration_samples_for_a_held_out_judgement_fall_back_in_sampl
     _, choice = choose_ranges(graph, few, DataSpec(num_samples=12), AutoOptions(samples=32), progress=False)
     assert not choice.held_out
     assert f"needs at least {MIN_JUDGED + MIN_FITTED} calibration samples" in choice.note
-    assert "with 12" in choice.note
+    assert "there are 12" in choice.note
 
 
 def _layer_mean_errors(graph, model, tensor, inputs):
@@ -141,6 +130,16 @@ def test_bias_correction_leaves_layers_the_placement_keeps_in_float_alone(graph,
     result = correct_biases(graph, entropy.activations, DataSpec(), BiasCorrection(samples=8), layers)
     assert "/classifier/Gemm" not in result.biases
     assert result.skipped["/classifier/Gemm"] == "the Q/DQ placement leaves it in float"
+
+
+def test_a_correction_is_not_written_to_a_layer_the_export_leaves_in_float(graph, entropy, corrections):
+    assert "/classifier/Gemm" in corrections.biases  # measured with every layer in INT8
+    model, report = export_qdq(graph, entropy.activations, entropy.weights, QdqOptions(high_precision="fp32"),
+                               biases=corrections.biases)
+    gemm = next(node for node in model.graph.node if node.op_type == "Gemm")
+    assert gemm.input[2] == next(n for n in graph.model.graph.node if n.op_type == "Gemm").input[2]
+    assert "/classifier/Gemm" not in report.corrected_biases
+    assert any("leaves the layer in float" in note for note in report.notes)
 
 
 def test_bias_correction_records_each_layer_and_the_size_of_its_correction(corrections):

@@ -147,8 +147,8 @@ def run(args: argparse.Namespace) -> int:
     if "auto" in table.provenance:
         auto = table.provenance["auto"]
         counts = ", ".join(f"{label} {n}" for label, n in sorted(auto["chosen_counts"].items(), key=lambda i: -i[1]))
-        lines.append(f"  chosen      : {counts} (per tensor, by the error it causes downstream on "
-                     f"{auto['samples']} calibration samples; the table says which)")
+        lines.append(f"  chosen      : {counts} (per tensor, by the error it causes downstream; "
+                     f"{auto.get('judging') or str(auto['samples']) + ' calibration samples'}; the table says which)")
         data["chosen_counts"] = auto["chosen_counts"]
     if "bias_correction" in table.provenance:
         corrected = table.provenance["bias_correction"]

@@ -90,9 +90,12 @@ class TwoPathRun:
     tensor's quantized readers whose inputs are all computed by then (INT8 path with the ranges
     chosen so far, against FP32; on the first ``judge_samples`` samples: a layer's output error is
     an average over every position of every sample, steady long before the graph outputs' is); it
-    returns the amax to go on with. With every range given
-    (``chosen``), nothing is decided; with ``reference`` (the FP32 graph outputs of an earlier run)
-    the FP32 path is not run at all.
+    returns the amax to go on with. With every range given (``chosen``), nothing is decided; with
+    ``reference`` (the FP32 graph outputs of an earlier run) the FP32 path is not run at all.
+
+    ``layers``: the positions of the layers the INT8 path quantizes (None: every Conv/ConvTranspose/
+    Gemm/MatMul; a placement leaves some in float). ``correct(position, int8, fp32)``: called with a
+    quantized layer's output on both paths, returns the INT8 output to go on with (bias correction).
     """
 
     sessions: NodeSessions
@@ -100,6 +103,9 @@ class TwoPathRun:
     chosen: dict[str, float] = field(default_factory=dict)
     reference: Optional[dict[str, np.ndarray]] = None
     judge_samples: Optional[int] = None  # judge candidates on the first of the samples only (None: all)
+    layers: Optional[frozenset] = None
+    correct: Optional[Callable[[int, np.ndarray, np.ndarray], np.ndarray]] = None
+    label: str = "auto: scoring ranges"  # the progress bar's
 
     def run(self, inputs: dict[str, np.ndarray], decide: Optional[Callable] = None,
             progress: bool = False) -> tuple[float, dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -134,9 +140,9 @@ class TwoPathRun:
                                                 refs[p]) for p in ready)
             return judge
 
-        bar = tqdm(total=len(nodes), unit="node", desc="auto: scoring ranges", disable=not progress, file=sys.stderr)
+        bar = tqdm(total=len(nodes), unit="node", desc=self.label, disable=not progress, file=sys.stderr)
         for position, node in enumerate(nodes):
-            quantized = node.op_type in QUANTIZED_OPS
+            quantized = node.op_type in QUANTIZED_OPS and (self.layers is None or position in self.layers)
             if quantized and decide is not None:
                 for name in dict.fromkeys(node.input[:2]):
                     if name in self.readers and name not in self.chosen:
@@ -147,8 +153,11 @@ class TwoPathRun:
             if not int8_only and not quantized and all(q[n] is fp[n] for n in runtime):
                 q.update({n: fp[n] for n in node.output if n})  # nothing quantized upstream: the same values
             else:
-                results = sessions.run(position, int8_feeds(sessions, position, q, self.chosen), quantized)
+                results = sessions.run(position, int8_feeds(sessions, position, q, self.chosen if quantized else {}),
+                                       quantized)
                 q.update({n: v for n, v in zip(node.output, results) if n})
+            if quantized and self.correct is not None:
+                q[node.output[0]] = self.correct(position, q[node.output[0]], fp_output(position))
             for name in node.output:
                 if name in outputs:
                     final[name] = self.reference[name] if int8_only else fp[name]

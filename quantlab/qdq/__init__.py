@@ -16,6 +16,5 @@ from .plan import PrecisionPlan, precision_plan
 from .remainder import FP16_MAX, HIGH_PRECISIONS, MeasuredRange, measured_ranges
 
 __all__ = ["FP16_MAX", "HIGH_PRECISIONS", "PLACEMENTS", "QUANTIZED_OPS", "LintResult", "MeasuredRange",
-
            "PrecisionPlan", "QdqOptions", "QdqReport", "apply_biases", "export_qdq", "quantized_layers", "lint",
            "measured_ranges", "precision_plan"]

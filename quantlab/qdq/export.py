@@ -201,7 +201,12 @@ def export_qdq(graph: ModelGraph, amax: dict[str, float], weights: Optional[dict
     new_nodes = _insert_pairs(model, plan, amax, report)
     _quantize_weights(model, graph, plan, weights, initializers, report)
     if biases:
-        report.corrected_biases = apply_biases(model, biases)
+        quantized = {_key(model.graph.node[i]) for i in plan.quantized_layers}
+        report.corrected_biases = apply_biases(model, biases, quantized)
+        floated = [key for key in biases if key not in quantized]
+        if floated:
+            report.notes.append(f"{len(floated)} corrected bias(es) not written, e.g. {floated[0]!r}: this placement "
+                                "leaves the layer in float, and a correction measured for INT8 would shift it")
     _insert_after_producers(model, new_nodes)
     used = {name for node in model.graph.node for name in node.input}
     kept = [init for init in model.graph.initializer if init.name in used]
@@ -347,21 +352,30 @@ def _insert_after_producers(model: onnx.ModelProto, new_nodes: dict[str, list[on
     model.graph.node.extend(ordered)
 
 
+def _key(node: onnx.NodeProto) -> str:
+    """A node's name, or its first output for an unnamed node (how layers are keyed everywhere)."""
+    return node.name or node.output[0]
+
+
 def _safe(name: str) -> str:
     return name.strip("/").replace("/", "_").replace(":", "_").replace(" ", "_") or "tensor"
 
 
-def apply_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[str]:
+def apply_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray], quantized: Optional[set[str]] = None
+                 ) -> list[str]:
     """Give the layers of ``model`` (an ONNX ModelProto, changed in place) named in ``biases`` their
-    corrected bias as a new initializer; returns the layers changed. A name the model lacks is an
-    error: a table's corrections belong to the model it was calibrated on."""
-    by_key = {(node.name or node.output[0]): node for node in model.graph.node}
+    corrected bias as a new initializer, only those in ``quantized`` when given (a correction
+    measured for an INT8 layer is wrong for a float one); returns the layers changed. A name the
+    model lacks is an error: a table's corrections belong to the model it was calibrated on."""
+    by_key = {_key(node): node for node in model.graph.node}
     missing = [key for key in biases if key not in by_key]
     if missing:
         raise QuantlabError(f"{len(missing)} corrected bias(es) name no layer of this model, e.g. {missing[0]!r}: "
                             "is the table for this model?")
     changed = []
     for key, bias in biases.items():
+        if quantized is not None and key not in quantized:
+            continue
         node = by_key[key]
         name = f"{_safe(key)}_corrected_bias"
         value = np.asarray(bias, np.float32)
@@ -377,5 +391,3 @@ def apply_biases(model: onnx.ModelProto, biases: dict[str, np.ndarray]) -> list[
             node.input.append(name)
         changed.append(key)
     return changed
-
-

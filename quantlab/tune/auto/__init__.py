@@ -175,29 +175,25 @@ class JudgingSplit:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
 
 
-def judging_split(graph: ModelGraph, stats: Statistics, data: DataSpec, samples: int, options: AutoOptions,
-                  progress: bool = False) -> JudgingSplit:
+def judging_split(graph: ModelGraph, stats: Statistics, data: DataSpec, samples: int,
+                  options: AutoOptions) -> JudgingSplit:
     """At most ``samples`` judged samples, held out from the candidates' statistics when
     ``options.held_out`` and there are enough calibration samples (:data:`MIN_JUDGED` judged,
     :data:`MIN_FITTED` fitted); otherwise judged in-sample, and the note says why."""
     total = stats.num_samples
-    if not options.held_out:
-        inputs = sample_inputs(graph, data, min(samples, total) if total else samples)
-        return JudgingSplit(inputs, stats, stats, False, "judged on the samples that set the ranges (held_out off)")
     count = min(samples, total // 2, total - MIN_FITTED)
-    if count < MIN_JUDGED:
+    if not options.held_out or count < MIN_JUDGED:
+        why = ("held_out off" if not options.held_out else
+               f"a held-out judgement needs at least {MIN_JUDGED + MIN_FITTED} calibration samples ({MIN_JUDGED} "
+               f"judged, {MIN_FITTED} to set the candidate ranges); there are {total}")
         inputs = sample_inputs(graph, data, min(samples, total) if total else samples)
-        return JudgingSplit(inputs, stats, stats, False,
-                            f"a held-out judgement needs at least {MIN_JUDGED + MIN_FITTED} calibration samples "
-                            f"({MIN_JUDGED} judged, {MIN_FITTED} to set the candidate ranges); with {total}, auto "
-                            "judged on the samples that set the ranges")
+        return JudgingSplit(inputs, stats, stats, False, f"judged on the samples that set the ranges ({why})")
     inputs = sample_inputs(graph, data, count)
     count = len(next(iter(inputs.values())))
     collector = ActivationCollector(graph, list(stats.tensors), bins=stats.bins, providers=options.providers)
     fixed = next((spec.fixed_batch for spec in graph.inputs if spec.fixed_batch), None)
-    step = fixed or count  # a fixed-batch model takes no other size (the count is a multiple of it)
-    batches = [Batch({k: v[i:i + step] for k, v in inputs.items()}, None, np.arange(i, min(i + step, count)))
-               for i in range(0, count, step)]
+    # a fixed-batch model takes no other size (the count is a multiple of it)
+    batches = list(_runs(Batch(inputs, None, np.arange(count)), fixed or count))
     judged = collector.collect(batches, total=count, progress=False)
     fitted = stats.without(judged)
     if fitted is None:
@@ -233,7 +229,7 @@ def choose_ranges(graph: ModelGraph, stats: Statistics, data: DataSpec, options:
         sizes = activation_bytes(graph.model, list(dict.fromkeys(graph.activations)), sample_inputs(graph, data, 1),
                                  providers)
         samples = min(samples, max(1, int(options.budget // max(3 * peak_bytes(graph, sizes), 1))))
-    split = judging_split(graph, stats, data, samples, options, progress)
+    split = judging_split(graph, stats, data, samples, options)
     tables = candidate_tables(graph, split.fitted, candidates, policy)
     errors: dict[str, dict[str, float]] = {}
     judged: dict[str, str] = {}
@@ -363,9 +359,7 @@ def _judge_node_by_node(graph: ModelGraph, inputs: dict[str, np.ndarray], sizes:
         if key not in seen:  # the same ranges as an alternative before score the same
             # One method everywhere needs no node-by-node run: its Q/DQ model, whole, in one session
             # (the same arithmetic, 3x faster on MobileNetV2).
-            model, _ = export_qdq(graph, tables[label].activations, tables[label].weights, JUDGED)
-            got = OrtRunner(model, (), options.providers).run(inputs)
-            seen[key] = sum(relative_error(got[n], reference[n]) for n in graph.output_names)
+            seen[key] = whole_model_error(graph, tables[label], inputs, reference, options.providers)
         alternatives[label], network[label] = dict.fromkeys(readers, label), seen[key]
     if options.refine_passes <= 0:
         return network, alternatives
@@ -390,27 +384,30 @@ def _judge_whole_models(graph: ModelGraph, tables: dict, labels: list[str], read
     """For graphs with control flow (If/Loop/Scan) or a fixed batch size, which cannot run node by
     node on a stack of samples: each single method's Q/DQ model judged at the outputs, ``step``
     samples a run."""
-    from ...preprocess import Batch
+    reference = _run_whole(OrtRunner(graph.model, (), providers), graph, inputs, step)
+    network = {label: whole_model_error(graph, tables[label], inputs, reference, providers, step) for label in labels}
+    return network, {label: dict.fromkeys(readers, label) for label in labels}
 
+
+def whole_model_error(graph: ModelGraph, table: CalibrationTable, inputs: dict[str, np.ndarray],
+                      reference: dict[str, np.ndarray], providers=None, step: Optional[int] = None) -> float:
+    """Relative squared error of the graph outputs of ``table``'s Q/DQ model (the arithmetic auto
+    judges in) against ``reference``, run whole in one ONNX Runtime session, ``step`` samples a run."""
+    model, _ = export_qdq(graph, table.activations, table.weights, JUDGED)
+    got = _run_whole(OrtRunner(model, (), providers), graph, inputs, step)
+    return sum(relative_error(got[n], reference[n]) for n in graph.output_names)
+
+
+def _run_whole(runner: OrtRunner, graph: ModelGraph, inputs: dict[str, np.ndarray],
+               step: Optional[int]) -> dict[str, np.ndarray]:
+    """The graph outputs of ``runner`` on ``inputs``, ``step`` samples a run (None: all at once)."""
     count = len(next(iter(inputs.values())))
-    batch = Batch(inputs, None, np.arange(count))
-    reference_runner = OrtRunner(graph.model, (), providers)
-    reference = [reference_runner.run(b.inputs) for b in _runs(batch, step)]
-    network, alternatives = {}, {}
-    for label in labels:
-        model, _ = export_qdq(graph, tables[label].activations, tables[label].weights, JUDGED)
-        runner = OrtRunner(model, (), providers)
-        got = [runner.run(b.inputs) for b in _runs(batch, step)]
-        network[label] = sum(relative_error(np.concatenate([g[n] for g in got]),
-                                            np.concatenate([r[n] for r in reference])) for n in graph.output_names)
-        alternatives[label] = dict.fromkeys(readers, label)
-    return network, alternatives
+    runs = [runner.run(b.inputs) for b in _runs(Batch(inputs, None, np.arange(count)), step or count)]
+    return {n: np.concatenate([r[n] for r in runs]) for n in graph.output_names}
 
 
-def _runs(batch, step: int):
+def _runs(batch: Batch, step: int):
     """``batch`` in runs of exactly ``step`` samples (a fixed-batch model takes no other size)."""
-    from ...preprocess import Batch
-
     count = len(batch.indices)
     for start in range(0, count - count % step if count >= step else count, step):
         part = slice(start, start + step)
