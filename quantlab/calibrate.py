@@ -32,7 +32,7 @@ from typing import Any, Optional, Protocol, Union, runtime_checkable
 from tqdm import tqdm
 
 from .atomic import OutputSet, check_outputs
-from .collector import ActivationCollector
+from .collector import make_collector
 from .corrections import BiasCorrection, correct_biases
 from .errors import CalibratorError, DataError, QuantlabError, StatisticsError
 from .executors import Executor, executor_scope, plan_shards, report_progress
@@ -153,6 +153,7 @@ class RangeJob:
     policy: RangePolicy
     data: Optional[DataSpec]
     progress: bool = False
+    providers: Optional[tuple] = None  # where the chooser runs the graph (ONNX Runtime's, or a torch device)
 
 
 @runtime_checkable
@@ -256,8 +257,8 @@ def collect_shard(task: CollectShard) -> Statistics:
     data = DataTask(task.model, task.data)
     dataset = data.open()
     indices = data.selection(dataset)[task.start:task.stop]
-    collector = ActivationCollector(graph, select_tensors(graph, task.tensors), bins=task.bins,
-                                    providers=task.providers, threads=task.threads, ort_threads=task.ort_threads or 0)
+    collector = make_collector(graph, select_tensors(graph, task.tensors), bins=task.bins,
+                               providers=task.providers, threads=task.threads, ort_threads=task.ort_threads or 0)
     shapes: dict[str, list] = {}
     batches = _recording_shapes(iterate_batches(dataset, indices, graph.inputs, task.data.preprocess,
                                                 task.batch_size), shapes)
@@ -317,13 +318,14 @@ def select_tensors(graph: ModelGraph, scope: str = "all") -> list[str]:
 
 def calibrate_statistics(model: Optional[ModelSource], stats: Statistics, method: Union[str, Method] = "entropy", *,
                          policy: RangePolicy = RangePolicy(), data: Optional[DataSpec] = None,
-                         progress: bool = False) -> CalibrationTable:
+                         progress: bool = False, providers: Optional[tuple] = None) -> CalibrationTable:
     """Turn statistics into a table: amax per activation (by ``method``) and per weight channel.
 
     ``method`` names a range chooser (a :class:`Method` for one with parameters). A per-tensor
     calibrator sees each histogram; a whole-table chooser (:class:`RangeChooser`, e.g. ``auto``,
     which judges every method's range by the error it causes downstream) is handed a
-    :class:`RangeJob` and may read ``data`` again: the calibration data the statistics came from.
+    :class:`RangeJob` and may read ``data`` again: the calibration data the statistics came from,
+    running the graph on ``providers`` (ONNX Runtime's, or a torch device: :mod:`quantlab.device`).
 
     Degenerate tensors are decided here by ``policy``, never written silently:
     * NaN/Inf seen in a tensor: an error unless ``allow_nonfinite``, which calibrates it from
@@ -340,7 +342,7 @@ def calibrate_statistics(model: Optional[ModelSource], stats: Statistics, method
         )
     chooser = get_calibrator(method.name, **method.params)
     if isinstance(chooser, RangeChooser):
-        return chooser.choose(RangeJob(graph, stats, policy, data, progress))
+        return chooser.choose(RangeJob(graph, stats, policy, data, progress, providers))
     return _per_tensor_table(graph, stats, chooser, method, policy)
 
 
@@ -459,8 +461,11 @@ def calibrate(model: Optional[ModelSource] = None, data: Optional[DataSpec] = No
         statistics = merge_files(stats)
     else:
         statistics = collect_statistics(graph, data, collect, progress=progress, executor=executor)
-    result_table = calibrate_statistics(graph, statistics, method, policy=policy, data=data, progress=progress)
+    result_table = calibrate_statistics(graph, statistics, method, policy=policy, data=data, progress=progress,
+                                        providers=collect.providers)
     if bias_correction is not None:
+        if bias_correction.providers is None:
+            bias_correction = replace(bias_correction, providers=collect.providers)
         layers = quantized_layers(graph, result_table.activations, files.qdq_options if files else QdqOptions())
         corrections = correct_biases(graph, result_table.activations, data, bias_correction, layers, progress)
         result_table.biases = corrections.biases

@@ -17,10 +17,12 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 from tqdm import tqdm
 
 from . import histogram
+from .device import device_of
 from .errors import DataError, QuantlabError
 from .graph import ModelGraph, add_outputs
 from .histogram import DEFAULT_BINS, TensorHistogram, flat_values
@@ -50,7 +52,14 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
     ``config``: session config entries (e.g. the INT8 arithmetic of quantlab.evaluation.engine);
     ``optimized_model_path``: where ONNX Runtime saves the graph it will actually run; ``arena=False``
     returns each run's buffers to the system instead of keeping them in the session's memory arena (for
-    the many small sessions of a node-by-node run, whose arenas would each hold their largest run)."""
+    the many small sessions of a node-by-node run, whose arenas would each hold their largest run).
+    Providers that name a torch device (``torch:cuda``, :mod:`quantlab.device`) give a session of the
+    same shape that runs the graph in torch there, every op as written (no ONNX Runtime options apply)."""
+    device = device_of(providers)
+    if device is not None:  # the graph runs in torch on that device, every op as written
+        from .device.session import TorchSession
+
+        return TorchSession(onnx.ModelProto.FromString(model_bytes), device)
     wanted = list(providers or DEFAULT_PROVIDERS)
     available = ort.get_available_providers()
     missing = [p for p in wanted if p not in available]
@@ -77,6 +86,19 @@ def make_session(model_bytes: bytes, providers: Optional[Sequence[str]] = None,
         return ort.InferenceSession(model_bytes, sess_options=options, providers=wanted)
     except Exception as exc:  # ORT raises its own exception types
         raise QuantlabError(f"ONNX Runtime cannot load the model: {exc}") from exc
+
+
+def make_collector(graph: ModelGraph, tensors: Optional[Sequence[str]] = None, bins: int = DEFAULT_BINS,
+                   providers: Optional[Sequence[str]] = None, threads: Optional[int] = None, ort_threads: int = 0):
+    """The collector for ``providers``: :class:`ActivationCollector` (ONNX Runtime), or the device
+    collector when they name a torch device (:mod:`quantlab.device`)."""
+    device = device_of(providers)
+    if device is None:
+        return ActivationCollector(graph, tensors, bins=bins, providers=providers, threads=threads,
+                                   ort_threads=ort_threads)
+    from .device.collector import DeviceCollector
+
+    return DeviceCollector(graph, list(tensors) if tensors is not None else None, bins=bins, device=device)
 
 
 class ActivationCollector:

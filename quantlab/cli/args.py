@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 from ..calibrate import TENSOR_SCOPES, CollectOptions, RangePolicy
+from ..device import with_device
 from ..errors import QuantlabError, respell
 from ..evaluation.options import EvalOptions
 from ..executors import EXECUTORS
@@ -82,7 +83,13 @@ def add_data_arguments(parser: argparse.ArgumentParser, data_help: Optional[str]
     group.add_argument("--preprocess-config", metavar="JSON", help="the options above as a JSON "
                        'file, e.g. {"resize": [256, 256], "crop": [224, 224], "mean": [...]}')
     group.add_argument("--provider", action="append", metavar="NAME",
-                       help="ONNX Runtime execution provider (repeatable; default CPUExecutionProvider)")
+                       help="ONNX Runtime execution provider (repeatable; default CPUExecutionProvider; "
+                       "CUDAExecutionProvider needs onnxruntime-gpu)")
+    group.add_argument("--device", metavar="DEV",
+                       help="run the graphs in torch on this device instead of ONNX Runtime: cuda, cuda:N (or cpu); "
+                       "activations are histogrammed on the device and only histograms come back; the INT8 "
+                       "models run there with the same Q/DQ arithmetic. Needs torch and onnx2torch "
+                       "(pip install 'quantlab[device]'). Default: the CPU, with ONNX Runtime")
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bar or summary")
 
 
@@ -271,10 +278,15 @@ def spelled(args: argparse.Namespace, text: str) -> str:
     return respell(text, flag_spelling(args.command_parser))
 
 
+def providers(args: argparse.Namespace) -> Optional[tuple[str, ...]]:
+    """--provider and --device as the providers the library takes (a device is one of them)."""
+    return with_device(args.provider, getattr(args, "device", None))
+
+
 def collect_options(args: argparse.Namespace) -> CollectOptions:
     """The statistics group as :class:`~quantlab.calibrate.CollectOptions`."""
     return CollectOptions(bins=args.bins, tensors=getattr(args, "tensors", "all"),
-                          providers=args.provider, threads=args.threads)
+                          providers=providers(args), threads=args.threads)
 
 
 def range_policy(args: argparse.Namespace) -> RangePolicy:
@@ -287,7 +299,7 @@ def eval_options(args: argparse.Namespace, outputs: Sequence[str] = ()) -> EvalO
     return EvalOptions(outputs=tuple(outputs), metric=args.metric,
                        metric_params=parse_params(args.metric_params, "--metric-param"),
                        int8_arithmetic=getattr(args, "int8_arithmetic", "tensorrt"),
-                       providers=args.provider)
+                       providers=providers(args))
 
 
 def qdq_summary(report, headline: str, ranges_from: str, typed_from: str) -> list[str]:

@@ -56,7 +56,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ...calibrate import Method, RangeJob, RangePolicy, calibrate_statistics, method_label
-from ...collector import ACTIVATION_BUDGET, ActivationCollector
+from ...collector import ACTIVATION_BUDGET, make_collector
 from ...errors import CalibratorError, DataError, QuantlabError
 from ...evaluation.engine import OrtRunner, activation_bytes
 from ...graph import ModelGraph
@@ -190,7 +190,7 @@ def judging_split(graph: ModelGraph, stats: Statistics, data: DataSpec, samples:
         return JudgingSplit(inputs, stats, stats, False, f"judged on the samples that set the ranges ({why})")
     inputs = sample_inputs(graph, data, count)
     count = len(next(iter(inputs.values())))
-    collector = ActivationCollector(graph, list(stats.tensors), bins=stats.bins, providers=options.providers)
+    collector = make_collector(graph, list(stats.tensors), bins=stats.bins, providers=options.providers)
     fixed = next((spec.fixed_batch for spec in graph.inputs if spec.fixed_batch), None)
     # a fixed-batch model takes no other size (the count is a multiple of it)
     batches = list(_runs(Batch(inputs, None, np.arange(count)), fixed or count))
@@ -313,7 +313,8 @@ class AutoChooser:
         if job.data is None or (job.data.source is None and not is_default_model(job.graph)):
             raise DataError("method 'auto' judges ranges on calibration samples, so it needs the calibration data "
                             "the statistics came from: give `data` too", params=("data",))
-        table, _ = choose_ranges(job.graph, job.stats, job.data, AutoOptions(samples=self.samples),
+        table, _ = choose_ranges(job.graph, job.stats, job.data, AutoOptions(samples=self.samples,
+                                                                              providers=job.providers),
                                  policy=job.policy, progress=job.progress)
         return table
 
