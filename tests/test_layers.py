@@ -23,7 +23,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("quantlab.preprocess",),
     ("quantlab.weights", "quantlab.plugins", "quantlab.report", "quantlab.calibrators"),
     ("quantlab.workload",),  # what model, what data: every command takes these from here
-    ("quantlab.collector", "quantlab.statistics", "quantlab.table", "quantlab.formats", "quantlab.cachetool",
+    ("quantlab.collector", "quantlab.device", "quantlab.statistics", "quantlab.table", "quantlab.formats",
+     "quantlab.cachetool",
      "quantlab.qdq", "quantlab.precision", "quantlab.backends", "quantlab.roundtrip"),
     ("quantlab.executors",),
     # the graph run node by node on FP32 and INT8 paths, and the weight-side corrections judged with it

