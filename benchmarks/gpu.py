@@ -102,9 +102,10 @@ def job(spec: dict) -> dict:
     from quantlab.evaluation.options import EvalOptions
     from quantlab.evaluation.sweep import sweep
     from quantlab.preprocess import Preprocess
+    from quantlab.tune.auto import AutoOptions, choose_ranges
     from quantlab.tune.options import TuneOutput
     from quantlab.tune.pipeline import tune
-    from quantlab.workload import DataSpec
+    from quantlab.workload import DataSpec, resolve_model
 
     folder, config = Path(spec["folder"]), MODELS[spec["model"]]
     model = str(folder / config["file"])
@@ -125,11 +126,13 @@ def job(spec: dict) -> dict:
         table = calibrate_statistics(model, stats, "entropy")
         out["max_abs"] = {n: h.max_abs for n, h in stats.tensors.items()}
         out["entropy"] = table.activations
-    elif spec["kind"] in ("entropy", "auto"):
-        result = calibrate(model, calib, spec["kind"], collect=collect, progress=False)
-        out["ranges"] = result.table.activations
-        if spec["kind"] == "auto":
-            out["choices"] = result.table.provenance.get("auto", {}).get("chosen", {})
+    elif spec["kind"] == "entropy":
+        out["ranges"] = calibrate(model, calib, "entropy", collect=collect, progress=False).table.activations
+    elif spec["kind"] == "auto":  # what calibrate --method auto does, with the per-tensor choices kept
+        graph = resolve_model(model)
+        stats = collect_statistics(graph, calib, collect, progress=False)
+        table, choice = choose_ranges(graph, stats, calib, AutoOptions(providers=providers))
+        out.update(ranges=table.activations, choices=choice.methods, winner=choice.winner)
     elif spec["kind"] == "sweep":
         data = sweep(model, calib, heldout, collect=collect, evaluation=EvalOptions(providers=providers),
                      progress=False)
@@ -203,8 +206,8 @@ def measure(args) -> None:
                 spec = {"folder": str(folder), "work": str(work), "model": name, "kind": kind, "device": device}
                 print(f"[{name}] {kind} on {device}", file=sys.stderr, flush=True)
                 rows[f"{kind}/{device}"] = run_job(spec, args.timeout)
-                print(f"    {json.dumps({k: v for k, v in rows[f'{kind}/{device}'].items() if not isinstance(v, (dict, list))})}",
-                      file=sys.stderr, flush=True)
+                brief = {k: v for k, v in rows[f"{kind}/{device}"].items() if not isinstance(v, (dict, list))}
+                print(f"    {json.dumps(brief)}", file=sys.stderr, flush=True)
         REPORT.write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
@@ -230,8 +233,82 @@ def main() -> None:
         measure(args)
 
 
+def _cell(row: dict, key: str = "seconds") -> str:
+    if not row:
+        return "not run"
+    if row.get("timed_out"):
+        return f"> {row['limit_s']:.0f} s (stopped)"
+    if row.get("failed"):
+        return "failed: " + row["failed"][:80]
+    return f"{row[key]:.2f} s"
+
+
+def _memory(row: dict) -> str:
+    if not row or "seconds" not in row:
+        return ""
+    gpu = f", GPU {row['gpu_peak_mb']:.0f} MB" if row.get("gpu_peak_mb") else ""
+    return f"host {row['host_peak_mb']:.0f} MB{gpu}"
+
+
+def _ratios(a: dict, b: dict) -> str:
+    """min / median / max of a[name] / b[name] over the tensors both have, and how many are equal."""
+    names = [n for n in a if n in b and b[n]]
+    if not names:
+        return "-"
+    r = np.array([a[n] / b[n] for n in names])
+    return (f"{r.min():.6f} / {np.median(r):.6f} / {r.max():.6f} ({int((r == 1).sum())} of {len(r)} equal)")
+
+
 def render() -> None:
-    raise SystemExit("render: written once the numbers exist")
+    """reports/gpu.json -> reports/gpu.md."""
+    report = json.loads(REPORT.read_text())
+    machine = report["machine"]
+    lines = ["# quantlab on the GPU (`--device cuda`)", "",
+             f"Measured with `python benchmarks/gpu.py` on the device machine: {machine['gpu']}, {machine['cpus']} CPU "
+             f"cores, torch {machine['torch']}. One run of each row, each in a child process; times are the library "
+             "call's wall time (imports and process start excluded, the same for every row). CPU rows: ONNX Runtime on "
+             "every core of the same machine.", ""]
+    lines += ["| model | what | GPU | CPU (all cores) | CPU / GPU | GPU / plain forward | peak memory (GPU row) |",
+              "|---|---|---|---|---|---|---|"]
+    for name, rows in report["models"].items():
+        plain = rows.get("forward/cuda", {})
+        lines.append(f"| {name} | plain torch FP32 forward ({plain.get('samples', '?')} samples, batch "
+                     f"{plain.get('batch', '?')}) | {_cell(plain)} | | | 1.00 | {_memory(plain)} |")
+        for kind, label in (("collect", "collect (every activation, histograms)"), ("entropy", "calibrate entropy"),
+                            ("auto", "calibrate auto"), ("sweep", "sweep (7 methods, held out)"),
+                            ("tune", "tune (default budget)")):
+            gpu, cpu = rows.get(f"{kind}/cuda"), rows.get(f"{kind}/cpu")
+            if gpu is None and cpu is None:
+                continue
+            speed = (f"{cpu['seconds'] / gpu['seconds']:.1f}x" if gpu and cpu and "seconds" in gpu and "seconds" in cpu
+                     else "-")
+            forward = (f"{gpu['seconds'] / plain['seconds']:.2f}" if gpu and "seconds" in gpu and "seconds" in plain
+                       else "-")
+            lines.append(f"| {name} | {label} | {_cell(gpu)} | {_cell(cpu)} | {speed} | {forward} | {_memory(gpu)} |")
+    lines += ["", "## GPU against CPU statistics", "",
+              "Per tensor, GPU value / CPU value (min / median / max over the tensors): the largest magnitude seen "
+              "(cuDNN's FP32 activations against ONNX Runtime's) and the entropy range chosen from the histograms.", "",
+              "| model | largest magnitude | entropy range | auto: same method chosen |", "|---|---|---|---|"]
+    for name, rows in report["models"].items():
+        gpu, cpu = rows.get("collect/cuda", {}), rows.get("collect/cpu", {})
+        if "max_abs" not in gpu or "max_abs" not in cpu:
+            continue
+        auto_gpu, auto_cpu = rows.get("auto/cuda", {}).get("choices"), rows.get("auto/cpu", {}).get("choices")
+        same = "-"
+        if auto_gpu and auto_cpu:
+            same = f"{sum(auto_gpu.get(n) == m for n, m in auto_cpu.items())} of {len(auto_cpu)}"
+        lines.append(f"| {name} | {_ratios(gpu['max_abs'], cpu['max_abs'])} | "
+                     f"{_ratios(gpu['entropy'], cpu['entropy'])} | {same} |")
+    lines += ["", "## The sweep on both engines", "",
+              "| model | method | GPU score | CPU score | GPU SQNR dB | CPU SQNR dB |", "|---|---|---|---|---|---|"]
+    for name, rows in report["models"].items():
+        gpu, cpu = rows.get("sweep/cuda", {}), rows.get("sweep/cpu", {})
+        by_method = {r["method"]: r for r in cpu.get("ranking", [])}
+        for r in gpu.get("ranking", []):
+            c = by_method.get(r["method"], {})
+            lines.append(f"| {name} | {r['method']} | {r['score']:.4f} | {c.get('score', float('nan')):.4f} | "
+                         f"{r['sqnr_db']:.3f} | {c.get('sqnr_db', float('nan')):.3f} |")
+    (REPORT.with_suffix(".md")).write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
