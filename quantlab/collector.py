@@ -30,6 +30,7 @@ from .preprocess import Batch
 from .statistics import Statistics
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
+CUDA_PROVIDER = "CUDAExecutionProvider"
 # Activations one ONNX Runtime run may produce before a batch is run in slices. Past a few hundred
 # MiB the values no longer come back from cache between the run and the histograms, and memory
 # grows with --batch-size for nothing: the histograms do not depend on how samples are grouped.
@@ -93,12 +94,30 @@ def make_collector(graph: ModelGraph, tensors: Optional[Sequence[str]] = None, b
     """The collector for ``providers``: :class:`ActivationCollector` (ONNX Runtime), or the device
     collector when they name a torch device (:mod:`quantlab.device`)."""
     device = device_of(providers)
+    if device is None and CUDA_PROVIDER in (providers or ()) and _torch_sees_cuda():
+        # ONNX Runtime on the GPU: activations bound to device memory and histogrammed there (not run on
+        # these machines: onnxruntime-gpu is not installable here)
+        from .device.collector import DeviceCollector
+
+        names = list(tensors if tensors is not None else graph.activations)
+        inputs = {spec.name for spec in graph.inputs}
+        extended = add_outputs(graph.model, [n for n in names if n not in inputs])
+        session = make_session(extended.SerializeToString(), providers, threads=ort_threads, spinning=False)
+        return DeviceCollector(graph, names, bins=bins, device="cuda", session=session)
     if device is None:
         return ActivationCollector(graph, tensors, bins=bins, providers=providers, threads=threads,
                                    ort_threads=ort_threads)
     from .device.collector import DeviceCollector
 
     return DeviceCollector(graph, list(tensors) if tensors is not None else None, bins=bins, device=device)
+
+
+def _torch_sees_cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
 
 
 class ActivationCollector:

@@ -17,7 +17,6 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch", reason="the device path needs torch (pip install 'quantlab[device]')")
 pytest.importorskip("onnx2torch", reason="the device path needs onnx2torch (pip install 'quantlab[device]')")
 
-from conftest import run_cli  # noqa: E402
 from quantlab.calibrate import CollectOptions, calibrate_statistics, collect_statistics  # noqa: E402
 from quantlab.collector import make_session  # noqa: E402
 from quantlab.device import device_of, with_device  # noqa: E402
@@ -26,6 +25,8 @@ from quantlab.device.session import TorchSession  # noqa: E402
 from quantlab.errors import QuantlabError  # noqa: E402
 from quantlab.histogram import TensorHistogram  # noqa: E402
 from quantlab.workload import DataSpec  # noqa: E402
+
+from conftest import run_cli  # noqa: E402
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="torch sees no CUDA GPU here "
@@ -185,3 +186,18 @@ def test_calibrate_on_a_device_writes_the_cpu_cache(device, tmp_path):
     run_cli("calibrate", "-q", "--device", device, "-o", str(tmp_path / "dev.cache"), check=True)
     assert (tmp_path / "dev.cache").read_bytes() == (tmp_path / "cpu.cache").read_bytes()
 
+
+def _ort_cuda() -> bool:
+    import onnxruntime
+
+    return CUDA and "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
+@pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu with a CUDA GPU: its wheel cannot be installed on "
+                    "these machines, so this path is written against ONNX Runtime's documented I/O binding and untested")
+def test_onnxruntime_cuda_provider_histograms_on_the_device():
+    data = DataSpec(batch_size=64)
+    cpu = collect_statistics(None, data, progress=False)
+    gpu = collect_statistics(None, data, CollectOptions(providers=("CUDAExecutionProvider",)), progress=False)
+    for name in cpu.tensors:
+        assert gpu.tensors[name].max_abs == pytest.approx(cpu.tensors[name].max_abs, rel=1e-5), name

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 from tqdm import tqdm
 
+from ..errors import QuantlabError
 from ..graph import ModelGraph
 from ..histogram import DEFAULT_BINS
 from ..preprocess import Batch
@@ -35,11 +36,15 @@ class DeviceCollector:
     ``collect``, ``statistics``, ``seconds``)."""
 
     def __init__(self, graph: ModelGraph, tensors: Optional[list[str]] = None, bins: int = DEFAULT_BINS,
-                 device: str = "cuda", memory_fraction: float = MEMORY_FRACTION, run_size: Optional[int] = None):
+                 device: str = "cuda", memory_fraction: float = MEMORY_FRACTION, run_size: Optional[int] = None,
+                 session=None):
+        """``session``: an ONNX Runtime session on its CUDA provider that returns every measured tensor
+        (``--provider CUDAExecutionProvider``); it runs the graph instead of torch (:class:`OrtCudaGraph`)."""
         self.torch = load_torch()
         self.device = resolve_device(device)
         self.graph = graph
-        self.torch_graph = TorchGraph(graph.model, self.device)
+        self.torch_graph = TorchGraph(graph.model, self.device) if session is None else OrtCudaGraph(
+            session, graph, self.device)
         names = list(tensors if tensors is not None else graph.activations)
         self.statistics = Statistics.empty(graph.sha256, names, bins)
         self.bins = bins
@@ -148,3 +153,40 @@ class DeviceCollector:
             self.close()
         return self.statistics
 
+
+class OrtCudaGraph:
+    """ONNX Runtime's CUDA execution provider as the graph runner of the device collector.
+
+    Inputs and outputs are bound to device memory (I/O binding), so activations stay on the GPU; each
+    one reaches torch through DLPack, without a copy, and is folded there as torch's own are. Written
+    against ONNX Runtime's documented API and not run on these machines: onnxruntime-gpu is not
+    installable here (tests/test_device.py skips its test, saying so)."""
+
+    def __init__(self, session, graph: ModelGraph, device):
+        self.session, self.device = session, device
+        self.input_names = [spec.name for spec in graph.inputs]
+        self.output_names = [o.name for o in session.get_outputs()]
+
+    def run(self, feeds: dict, keep=(), tap=None) -> dict:
+        torch = load_torch()
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        for name, tensor in feeds.items():
+            tensor = tensor.contiguous()
+            binding.bind_input(name, "cuda", index, np.dtype(str(tensor.dtype).removeprefix("torch.")),
+                               list(tensor.shape), tensor.data_ptr())
+            if tap is not None:
+                tap(name, tensor)
+        for name in self.output_names:
+            binding.bind_output(name, "cuda", index)
+        self.session.run_with_iobinding(binding)
+        outputs = {}
+        for name, value in zip(self.output_names, binding.get_outputs()):
+            if not hasattr(value, "to_dlpack"):
+                raise QuantlabError("this onnxruntime cannot hand its device outputs to torch (OrtValue.to_dlpack is "
+                                    "missing); use `device` cuda (torch runs the graph) instead of the CUDA provider",
+                                    params=("device",))
+            outputs[name] = torch.from_dlpack(value.to_dlpack())
+            if tap is not None:
+                tap(name, outputs[name])
+        return outputs

@@ -171,7 +171,7 @@ def compare(model: Optional[ModelSource] = None, cache: Union[str, Path, RangeFi
         "int8_backend": backend,
     }
     latency["fp32_ms"], latency["int8_ms"] = latency["fp32"]["median_ms"], latency["int8"]["median_ms"]
-    execution = (execution_verdict(qdq_model, int8_arithmetic) if backend == "onnxruntime" else
+    execution = (execution_verdict(qdq_model, int8_arithmetic, providers) if backend == "onnxruntime" else
                  {"verdict": "TensorRT engine built explicitly from the Q/DQ model", "executes_integer_kernels": None})
     worst_rows = sorted(errors.tensors, key=lambda t: t["sqnr_db"])[:worst]
     fp32_size = len(graph.model.SerializeToString())

@@ -41,6 +41,7 @@ import onnx
 from tqdm import tqdm
 
 from ..collector import ACTIVATION_BUDGET, available_cpus, make_session
+from ..device import device_of
 from ..errors import QuantlabError
 from ..executors import Executor, plan_shards, report_progress
 from ..executors.shipping import ModelRef, portable_source, worker_cached
@@ -93,6 +94,10 @@ class OrtRunner:
                  providers: Optional[Sequence[str]] = None, arithmetic: str = "tensorrt", threads: int = 0,
                  spinning: bool = False):
         self.arithmetic = check_arithmetic(arithmetic)
+        if arithmetic == "onnxruntime" and device_of(providers) and _is_quantized(model):
+            raise QuantlabError("`int8_arithmetic` onnxruntime means ONNX Runtime's own integer kernels, which do "
+                                "not run on `device`; use the tensorrt arithmetic there, or leave `device` out",
+                                params=("int8_arithmetic", "device"))
         self.model = add_outputs(model, list(extra_outputs)) if extra_outputs else model
         # threads: ONNX Runtime intra-op threads (0: its default); workers sharing a machine split its cores.
         # spinning=False (the default): idle threads sleep, for sessions that take turns on the same cores
@@ -494,9 +499,17 @@ def optimized_op_counts(model: onnx.ModelProto, arithmetic: str = "tensorrt") ->
     return counts
 
 
-def execution_verdict(qdq_model: onnx.ModelProto, arithmetic: str) -> dict:
+def execution_verdict(qdq_model: onnx.ModelProto, arithmetic: str, providers: Optional[Sequence[str]] = None) -> dict:
     """How the INT8 numbers were computed: which arithmetic, and how many quantized ops ONNX
-    Runtime fused into its own integer kernels ("N of M quantized ops fused")."""
+    Runtime fused into its own integer kernels ("N of M quantized ops fused"); on a torch device,
+    that the graph ran there as written."""
+    device = device_of(providers)
+    if device is not None:
+        return {"int8_arithmetic": arithmetic, "integer_ops": {}, "fused_ops": 0, "executes_integer_kernels": False,
+                "device": device,
+                "verdict": f"TensorRT-faithful: the Q/DQ graph executed as written in torch on {device} "
+                           "(quantlab.device): exact int8 rounding and clipping as ONNX Runtime computes them, float "
+                           "accumulation"}
     counts = optimized_op_counts(qdq_model, arithmetic)
     integer = {op: n for op, n in counts.items()
                if op.startswith(INTEGER_OP_PREFIXES) or op.endswith(INTEGER_OP_SUFFIXES)}
