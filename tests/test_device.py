@@ -80,7 +80,8 @@ def test_device_folds_of_pieces_merge_into_the_fold_of_the_whole(device):
     values = np.random.default_rng(1).standard_normal(50_000).astype(np.float32) * np.float32(3)
     whole = to_host([fold(torch.from_numpy(values).to(device), 2048)], 2048)[0]
     merged = TensorHistogram(2048)
-    for piece in to_host([fold(torch.from_numpy(p).to(device), 2048) for p in np.array_split(values[::-1].copy(), 7)], 2048):
+    pieces = np.array_split(values[::-1].copy(), 7)
+    for piece in to_host([fold(torch.from_numpy(p).to(device), 2048) for p in pieces], 2048):
         merged.merge(piece)
     assert same_statistics(merged, whole)
 
@@ -194,7 +195,7 @@ def _ort_cuda() -> bool:
 
 
 @pytest.mark.skipif(not _ort_cuda(), reason="needs onnxruntime-gpu with a CUDA GPU: its wheel cannot be installed on "
-                    "these machines, so this path is written against ONNX Runtime's documented I/O binding and untested")
+                    "these machines, so this path is written against ONNX Runtime's documented I/O binding, untested")
 def test_onnxruntime_cuda_provider_histograms_on_the_device():
     data = DataSpec(batch_size=64)
     cpu = collect_statistics(None, data, progress=False)
