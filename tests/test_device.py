@@ -8,6 +8,7 @@ the same Q/DQ rules, the same schedule), so CI checks the rules without a GPU; e
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import onnx
@@ -24,9 +25,13 @@ from quantlab.device.histogram import fold, to_host  # noqa: E402
 from quantlab.device.session import TorchSession  # noqa: E402
 from quantlab.errors import QuantlabError  # noqa: E402
 from quantlab.histogram import TensorHistogram  # noqa: E402
-from quantlab.workload import DataSpec  # noqa: E402
+from quantlab.preprocess import Preprocess, iterate_batches, select_indices  # noqa: E402
+from quantlab.workload import DataSpec, open_dataset, resolve_model  # noqa: E402
 
-from conftest import run_cli  # noqa: E402
+from conftest import REPO, run_cli  # noqa: E402
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import corpus  # noqa: E402  (benchmarks/ is on the path only from here)
 
 CUDA = torch.cuda.is_available()
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason="torch sees no CUDA GPU here "
@@ -202,3 +207,21 @@ def test_onnxruntime_cuda_provider_histograms_on_the_device():
     gpu = collect_statistics(None, data, CollectOptions(providers=("CUDAExecutionProvider",)), progress=False)
     for name in cpu.tensors:
         assert gpu.tensors[name].max_abs == pytest.approx(cpu.tensors[name].max_abs, rel=1e-5), name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", corpus.CORPUS, ids=[m.name for m in corpus.CORPUS])
+def test_every_corpus_model_runs_on_a_device_as_onnxruntime_runs_it(tmp_path, model):
+    """The real third-party graphs (paddle2onnx exports, Keras-converted MTCNN with SAME pooling, SVTR
+    attention with BatchNormalization of unknown rank): FP32 outputs within float rounding."""
+    if model.path is None:
+        pytest.skip(f"{model.distribution} is not installed (.ci/run installs it)")
+    graph = resolve_model(str(model.path))
+    dataset = open_dataset(str(corpus.write_split(model, "calibration", 4, tmp_path / "c.npz")), None, graph)
+    batch = next(iterate_batches(dataset, select_indices(len(dataset), None, 0), graph.inputs,
+                                 Preprocess(resize=model.resize, mean=model.mean, std=model.std), 4))
+    names = list(graph.output_names)
+    reference = make_session(graph.model.SerializeToString()).run(names, batch.inputs)
+    got = TorchSession(graph.model, "cpu").run(names, batch.inputs)
+    for want, have in zip(reference, got):
+        assert np.linalg.norm(have.astype(np.float64) - want) <= 1e-5 * np.linalg.norm(want)

@@ -38,6 +38,8 @@ def convert(node, graph, version: int):
         return get_converter(domain=domain, operation_type=op, version=version)(node, graph)
     except NotImplementedError as exc:
         if "Converter is not implemented" not in str(exc):
+            if op in FALLBACKS:
+                return FALLBACKS[op](node, graph, exc)
             raise Unsupported(str(exc)) from exc
     rewrite = _rewrites().get(op)
     if rewrite is None:
@@ -136,3 +138,63 @@ def _rewrites() -> dict[str, Callable]:
     table.update({op: _reduction for op in REDUCTIONS})
     table.update({"Pad": _pad, "Resize": _resize, "Split": _split})
     return table
+
+
+def _batch_norm(node, graph, why):
+    """A BatchNormalization whose input rank shape inference could not tell (onnx2torch picks
+    BatchNorm1d/2d/3d by rank): onnx2torch's rank-free module, which reads the statistics as inputs."""
+    from onnx2torch.node_converters.batch_norm import OnnxBatchNorm
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    if len(node.output_values) != 1:
+        raise Unsupported(str(why))
+    attributes = node.attributes
+    module = OnnxBatchNorm(momentum=1 - attributes.get("momentum", 0.9), epsilon=attributes.get("epsilon", 1e-5))
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+def _same_max_pool(node, graph, why):
+    """MaxPool with auto_pad SAME_UPPER/SAME_LOWER (Keras exports): the padding is computed from each
+    run's input size, as ONNX defines it, and filled with -inf, which no window's maximum takes."""
+    from onnx2torch.utils.common import OperationConverterResult, onnx_mapping_from_node
+
+    attributes = node.attributes
+    mode = attributes.get("auto_pad", "NOTSET")
+    if mode not in ("SAME_UPPER", "SAME_LOWER") or attributes.get("ceil_mode", 0) or len(node.output_values) != 1:
+        raise Unsupported(str(why))
+    kernel = tuple(attributes["kernel_shape"])
+    module = _SamePool(kernel, tuple(attributes.get("strides", [1] * len(kernel))),
+                       tuple(attributes.get("dilations", [1] * len(kernel))), mode == "SAME_UPPER")
+    return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
+
+
+def _same_pool_module():
+    import torch
+    from torch import nn
+    from torch.nn import functional
+
+    class SamePool(nn.Module):
+        def __init__(self, kernel, strides, dilations, upper):
+            super().__init__()
+            self.kernel, self.strides, self.dilations, self.upper = kernel, strides, dilations, upper
+
+        def forward(self, x):
+            pads = []
+            for axis, (k, s, d) in enumerate(zip(self.kernel, self.strides, self.dilations)):
+                size = x.shape[2 + axis]
+                total = max((-(-size // s) - 1) * s + (k - 1) * d + 1 - size, 0)
+                small = total // 2
+                pads.append((small, total - small) if self.upper else (total - small, small))
+            flat = [p for pair in reversed(pads) for p in pair]  # F.pad: last axis first
+            x = functional.pad(x, flat, value=-torch.inf)
+            pool = {1: functional.max_pool1d, 2: functional.max_pool2d, 3: functional.max_pool3d}[len(self.kernel)]
+            return pool(x, self.kernel, self.strides, 0, self.dilations)
+
+    return SamePool
+
+
+def _SamePool(*args):
+    return _same_pool_module()(*args)
+
+
+FALLBACKS = {"BatchNormalization": _batch_norm, "MaxPool": _same_max_pool}
