@@ -15,6 +15,7 @@ elsewhere would change numbers.
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Optional
 
@@ -31,6 +32,9 @@ INSTALL_HINT = "pip install 'quantlab[device]' (torch, onnx2torch)"
 
 def load_torch():
     """torch and onnx2torch, or a QuantlabError saying how to install them."""
+    # onnx2torch's Slice indexes with a list, which torch warns about on every run: noise to a user
+    warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing",
+                            module="onnx2torch")
     try:
         import onnx2torch  # noqa: F401  (its converters register on import)
         import torch
