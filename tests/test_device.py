@@ -8,6 +8,8 @@ the same Q/DQ rules, the same schedule), so CI checks the rules without a GPU; e
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -78,6 +80,35 @@ def test_device_fold_gives_the_cpu_kernels_statistics_on_adversarial_values(devi
         cpu.update(values)
         got = to_host([fold(torch.from_numpy(values).to(device), bins)], bins)[0]
         assert same_statistics(got, cpu), (values.dtype, values[:8])
+
+
+def fused_mismatches(device: str, bins: int) -> list:
+    """The float32 value sets on which the fused Triton fold differs from the CPU kernel."""
+    bad = []
+    for values in value_sets():
+        if values.dtype != np.float32:  # the fused kernels read float32; the rest takes the torch fold
+            continue
+        cpu = TensorHistogram(bins)
+        cpu.update(values)
+        got = to_host([fold(torch.from_numpy(values).to(device), bins, fused=True)], bins)[0]
+        if not same_statistics(got, cpu):
+            bad.append(values[:8].tolist())
+    return bad
+
+
+@pytest.mark.parametrize("bins", [256, 2048, 4096])
+def test_fused_fold_gives_the_cpu_kernels_statistics_on_adversarial_values(bins):
+    """On a GPU the kernels compiled; elsewhere the same kernel source in Triton's interpreter (numpy
+    arithmetic on the CPU), which must be chosen before triton is imported: a child process."""
+    pytest.importorskip("triton", reason="the fused fold needs triton (a dependency of torch's Linux wheels)")
+    if CUDA:
+        assert fused_mismatches("cuda", bins) == []
+        return
+    code = f"import test_device as t; print(t.fused_mismatches('cpu', {bins}))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO / "tests", capture_output=True, text=True,
+                          env={**os.environ, "TRITON_INTERPRET": "1"}, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -27,11 +27,14 @@ the same values give the same counts on every run.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 
 from ..histogram import EMPTY_EXPONENT, TensorHistogram, check_bins
+from . import kernels
 
 
 @dataclass(frozen=True)
@@ -89,13 +92,21 @@ def _key(bits, layout):
     return bits.where(bits >= 0, bits ^ layout.magnitude)
 
 
-def fold(values, bins: int) -> DeviceFold:
+def fold(values, bins: int, fused: Optional[bool] = None) -> DeviceFold:
     """The statistics of ``values`` (a torch tensor, any shape) on its own device, without waiting
-    for it: see the module docstring for why the counts equal the CPU kernel's."""
+    for it: see the module docstring for why the counts equal the CPU kernel's.
+
+    ``fused``: the two Triton kernels of :mod:`quantlab.device.kernels` (None: where they apply,
+    float32 on CUDA with at most 4096 bins, unless ``QUANTLAB_DEVICE_FOLD=torch``); else torch ops."""
     import torch
 
     bins = check_bins(bins)
     flat = floats(values)
+    if fused is None:
+        fused = (flat.is_cuda and flat.dtype == torch.float32 and bins <= kernels.MAX_BINS
+                 and os.environ.get("QUANTLAB_DEVICE_FOLD", "fused") != "torch" and kernels.available())
+    if fused:
+        return DeviceFold(*kernels.fold(flat.contiguous(), bins), flat.dtype)
     layout = _layouts(torch)[flat.dtype]
     bits = flat.view(layout.ints)
     magnitude = bits & layout.magnitude
