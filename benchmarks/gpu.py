@@ -107,6 +107,8 @@ def job(spec: dict) -> dict:
     from quantlab.tune.pipeline import tune
     from quantlab.workload import DataSpec, resolve_model
 
+    if spec.get("fold"):  # which histogram fold the device uses (quantlab.device.histogram.fold)
+        os.environ["QUANTLAB_DEVICE_FOLD"] = spec["fold"]
     folder, config = Path(spec["folder"]), MODELS[spec["model"]]
     model = str(folder / config["file"])
     pre = Preprocess(**config["preprocess"])
@@ -205,9 +207,12 @@ def measure(args) -> None:
             for device in (("cuda",) if kind == "forward" else ("cuda", "cpu")):
                 spec = {"folder": str(folder), "work": str(work), "model": name, "kind": kind, "device": device}
                 print(f"[{name}] {kind} on {device}", file=sys.stderr, flush=True)
-                rows[f"{kind}/{device}"] = run_job(spec, args.timeout)
-                brief = {k: v for k, v in rows[f"{kind}/{device}"].items() if not isinstance(v, (dict, list))}
-                print(f"    {json.dumps(brief)}", file=sys.stderr, flush=True)
+                variants = [("", None)] + ([("-torch-fold", "torch")] if kind == "collect" and device == "cuda" else [])
+                for suffix, fold in variants:
+                    key = f"{kind}{suffix}/{device}"
+                    rows[key] = run_job({**spec, "fold": fold}, args.timeout)
+                    brief = {k: v for k, v in rows[key].items() if not isinstance(v, (dict, list))}
+                    print(f"    {key}: {json.dumps(brief)}", file=sys.stderr, flush=True)
         REPORT.write_text(json.dumps(report, indent=1, sort_keys=True))
 
 
@@ -274,7 +279,9 @@ def render() -> None:
         plain = rows.get("forward/cuda", {})
         lines.append(f"| {name} | plain torch FP32 forward ({plain.get('samples', '?')} samples, batch "
                      f"{plain.get('batch', '?')}) | {_cell(plain)} | | | 1.00 | {_memory(plain)} |")
-        for kind, label in (("collect", "collect (every activation, histograms)"), ("entropy", "calibrate entropy"),
+        for kind, label in (("collect", "collect (every activation, histograms)"),
+                            ("collect-torch-fold", "collect, histograms by torch ops (not the fused kernels)"),
+                            ("entropy", "calibrate entropy"),
                             ("auto", "calibrate auto"), ("sweep", "sweep (7 methods, held out)"),
                             ("tune", "tune (default budget)")):
             gpu, cpu = rows.get(f"{kind}/cuda"), rows.get(f"{kind}/cpu")
