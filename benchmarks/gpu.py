@@ -31,7 +31,6 @@ import argparse
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -145,7 +144,9 @@ def job(spec: dict) -> dict:
                     output=TuneOutput(qdq_model=str(Path(spec["work"]) / f"tuned-{device}.qdq.onnx")), progress=False)
         out["tune"] = {k: data.get(k) for k in ("met", "final", "start", "passes_over_eval_data", "max_drop")}
     out.setdefault("seconds", time.perf_counter() - started)
-    out["host_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM: this process's own peak (ru_maxrss would carry the spawning parent's pages over exec)
+    status = Path("/proc/self/status").read_text().splitlines()
+    out["host_peak_mb"] = int(next(line for line in status if line.startswith("VmHWM:")).split()[1]) / 1024
     if torch.cuda.is_available():
         out["gpu_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return out
