@@ -114,9 +114,15 @@ def quantlab_child(args) -> None:
     (out / f"record-{args.row}.json").write_text(json.dumps(record))
 
 
+ROW_TIMEOUT = 3600.0  # seconds one quantlab row may take (--row-timeout); a stopped row is reported as such
+
+
 def run_quantlab_row(row: str, files: dict, work: Path) -> dict:
     command = [sys.executable, str(Path(__file__).resolve()), "child", row, files["model"], files["calib"], str(work)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=ROW_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"stopped after {ROW_TIMEOUT:.0f} s (--row-timeout)"}
     if done.returncode:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"}
     return json.loads((work / f"record-{row}.json").read_text())
@@ -277,8 +283,13 @@ def main() -> None:
     parser.add_argument("--no-peers", action="store_true")
     parser.add_argument("--work", default="/tmp/accuracy-league")
     parser.add_argument("--output", default=str(REPORTS / "accuracy-league"))
+    parser.add_argument("--row-timeout", type=float, default=ROW_TIMEOUT, help="seconds one quantlab row may take")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' results of --output's JSON")
     args = parser.parse_args()
+    globals()["ROW_TIMEOUT"] = args.row_timeout
     results = {}
+    if args.merge and Path(args.output + ".json").exists():
+        results = json.loads(Path(args.output + ".json").read_text())["results"]
     for name in args.models:
         try:
             results[name] = run_model(name, Path(args.work) / name, not args.no_peers)
