@@ -52,6 +52,20 @@ MODELS = {
                           "heldout": "yolo-heldout.npz", "preprocess": {}, "forward_batch": 1, "tune": False,
                           "about": "YOLOv8n DocLayNet, fixed 1x3x1024x1024, page crops"},
 }
+# The other corpus graphs, for the GPU-against-CPU statistics (collect rows only): 64 calibration crops each.
+CORPUS_STATS = ("ppocrv5_rec", "ppocrv5_cls", "orinet", "mtcnn_pnet", "mtcnn_rnet", "mtcnn_onet")
+
+
+def corpus_config(name: str) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import corpus
+
+    model = corpus.by_name(name)
+    pre = {"resize": model.resize}
+    if model.mean is not None:
+        pre.update(mean=model.mean, std=model.std)
+    return {"file": f"{name}.onnx", "calib": f"{name}-calibration.npz", "heldout": f"{name}-calibration.npz",
+            "preprocess": pre, "forward_batch": 64, "tune": False, "about": f"{name} (corpus), 64 crops"}
 
 
 def prepare(folder: Path) -> None:
@@ -74,6 +88,10 @@ def prepare(folder: Path) -> None:
                               "", (1024, 1024), text=True)
     shutil.copy(yolo.path, folder / "yolov8n_doclaynet.onnx")
     np.savez_compressed(folder / "mnv2-images.npz", x=images)
+    for name in CORPUS_STATS:
+        model = corpus.by_name(name)
+        shutil.copy(model.path, folder / f"{name}.onnx")
+        np.savez_compressed(folder / f"{name}-calibration.npz", x=corpus.sample_images(model, "calibration", 64))
     for model, tag, calib, heldout in ((det, "det", 32, 16), (yolo, "yolo", 16, 8)):
         for split, count in (("calibration", calib), ("heldout", heldout)):
             np.savez_compressed(folder / f"{tag}-{split}.npz", x=corpus.sample_images(model, split, count))
@@ -108,7 +126,8 @@ def job(spec: dict) -> dict:
 
     if spec.get("fold"):  # which histogram fold the device uses (quantlab.device.histogram.fold)
         os.environ["QUANTLAB_DEVICE_FOLD"] = spec["fold"]
-    folder, config = Path(spec["folder"]), MODELS[spec["model"]]
+    folder = Path(spec["folder"])
+    config = MODELS[spec["model"]] if spec["model"] in MODELS else corpus_config(spec["model"])
     model = str(folder / config["file"])
     pre = Preprocess(**config["preprocess"])
     calib = DataSpec(str(folder / config["calib"]), preprocess=pre, batch_size=spec.get("batch", 32))
@@ -202,8 +221,9 @@ def measure(args) -> None:
 
     report["machine"] = {"gpu": torch.cuda.get_device_name(0), "cpus": os.cpu_count(), "torch": torch.__version__}
     for name in args.models:
-        rows = report["models"].setdefault(name, {"about": MODELS[name]["about"]})
-        kinds = [k for k in args.kinds if k != "tune" or MODELS[name]["tune"]]
+        config = MODELS[name] if name in MODELS else corpus_config(name)
+        rows = report["models"].setdefault(name, {"about": config["about"]})
+        kinds = [k for k in args.kinds if (k != "tune" or config["tune"]) and (name in MODELS or k == "collect")]
         for kind in kinds:
             for device in (("cuda",) if kind == "forward" else ("cuda", "cpu")):
                 spec = {"folder": str(folder), "work": str(work), "model": name, "kind": kind, "device": device}
@@ -223,7 +243,8 @@ def main() -> None:
     parser.add_argument("--prepare", metavar="DIR", help="write the models and data into DIR")
     parser.add_argument("--data-dir", help="the folder --prepare wrote")
     parser.add_argument("--work", default="/tmp/quantlab-gpu")
-    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=[*MODELS, *CORPUS_STATS],
+                        help="the timed models, and corpus graphs for the statistics comparison (collect only)")
     parser.add_argument("--kinds", nargs="+", default=["forward", "collect", "entropy", "auto", "sweep", "tune"])
     parser.add_argument("--timeout", type=float, default=300, help="seconds one measurement may take")
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of reports/gpu.json")
