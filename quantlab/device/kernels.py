@@ -104,7 +104,7 @@ def fold(flat, bins: int):
     counts = torch.zeros(bins, dtype=torch.int32, device=device)
     if n:
         bits = flat.view(torch.int32)
-        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+        sms = _multiprocessors(device)
         grid = (max(1, min(-(-n // BLOCK), PROGRAMS_PER_SM * sms)),)
         statistics[grid](bits, n, stats, BLOCK=BLOCK)
         top = stats[2]
@@ -115,3 +115,17 @@ def fold(flat, bins: int):
         exponent = torch.zeros((), dtype=torch.int32, device=device)
     return (counts.to(torch.int64), stats[2], exponent.to(torch.int64), stats[0].to(torch.int64),
             stats[1].to(torch.int64), stats[3], stats[4])
+
+
+_SMS: dict = {}
+
+
+def _multiprocessors(device) -> int:
+    """The GPU's multiprocessor count (1 off CUDA: Triton's interpreter), asked once per device."""
+    import torch
+
+    if device.type != "cuda":
+        return 1
+    if device.index not in _SMS:
+        _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
+    return _SMS[device.index]
