@@ -143,6 +143,11 @@ def job(spec: dict) -> dict:
     elif spec["kind"] == "collect":
         stats = collect_statistics(model, calib, collect, progress=False)
         out["seconds"] = time.perf_counter() - started
+        # again in the same process: the cost without the one-time start (CUDA context, cuDNN, conversion,
+        # kernel compilation), which the plain forward row does not pay either
+        warm = time.perf_counter()
+        collect_statistics(model, calib, collect, progress=False)
+        out["warm_seconds"] = time.perf_counter() - warm
         table = calibrate_statistics(model, stats, "entropy")
         out["max_abs"] = {n: h.max_abs for n, h in stats.tensors.items()}
         out["entropy"] = table.activations
