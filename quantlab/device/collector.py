@@ -5,7 +5,8 @@ Runs have one size whatever the batch size: samples are regrouped into runs of `
 (the last run takes what is left), so the activations of a sample, and with them the statistics,
 do not depend on how the data was batched - a convolution algorithm may round differently at
 another batch size. The run size is what fits the memory budget (``memory_fraction`` of the free
-device memory, measured on a one-sample probe run that is not counted), at most ``MAX_RUN``.
+device memory, measured on a one-sample probe run that is not counted), at most ``MAX_RUN``. A run's
+histograms come back while the next run computes (one copy per run, then merged on the host).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .graph import TorchGraph, load_torch, resolve_device
 
 MEMORY_FRACTION = 0.5  # of the device memory free at the start
 CPU_BUDGET = 1 << 30  # bytes of a run's tensors on a CPU device
-MAX_RUN = 1024  # samples per run at most: beyond this a GPU is busy anyway
+MAX_RUN = 256  # samples per run at most: more runs let the host prepare one while the device computes another
 
 
 class DeviceCollector:
@@ -57,6 +58,7 @@ class DeviceCollector:
         self._pending: list[dict[str, np.ndarray]] = []
         self._pending_count = 0
         self._checked = False
+        self._waiting: list = []  # (name, fold) of the run launched last, not yet merged
 
     def update(self, batch: Batch) -> None:
         """Take one batch; it runs once ``run_size`` samples are waiting (see :meth:`flush`)."""
@@ -124,6 +126,8 @@ class DeviceCollector:
         return folds
 
     def _run(self, inputs: dict[str, np.ndarray]) -> None:
+        """Launch one run's graph and folds; then bring back the run before it. The device works
+        through this run while the host merges the last one and prepares the next batch."""
         started = time.perf_counter()
         folds = self._execute(inputs, fold=True)
         tensors = self.statistics.tensors
@@ -132,17 +136,29 @@ class DeviceCollector:
                 if not dtype.is_floating_point:
                     tensors.pop(name, None)
             self._checked = True
-        folds = [(name, f) for name, _, f in folds if name in tensors]
-        host = histogram.to_host([f for _, f in folds], self.bins)  # waits for the device
-        copied = time.perf_counter()
-        for (name, _), hist in zip(folds, host):
-            tensors[name].merge(hist)
+        launched = [(name, f) for name, _, f in folds if name in tensors]
+        self.seconds["inference"] += time.perf_counter() - started
+        self._merge_waiting()
+        self._waiting = launched
         self.runs += 1
+
+    def _merge_waiting(self) -> None:
+        """Bring back the histograms of the run launched last (waits for the device) and merge them."""
+        if not self._waiting:
+            return
+        started = time.perf_counter()
+        host = histogram.to_host([f for _, f in self._waiting], self.bins)
+        copied = time.perf_counter()
+        for (name, _), hist in zip(self._waiting, host):
+            self.statistics.tensors[name].merge(hist)
+        self._waiting = []
         self.seconds["inference"] += copied - started
         self.seconds["histograms"] += time.perf_counter() - copied
 
     def close(self) -> None:
+        """Run what is still waiting and merge every histogram: the statistics are complete after this."""
         self.flush()
+        self._merge_waiting()
 
     def collect(self, batches: Iterable[Batch], total: Optional[int] = None, progress: bool = True) -> Statistics:
         with tqdm(total=total, unit="sample", desc=f"collecting on {self.device}", disable=not progress,

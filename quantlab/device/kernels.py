@@ -100,7 +100,7 @@ def fold(flat, bins: int):
     statistics, count = _kernels()
     device = flat.device
     n = flat.numel()
-    stats = torch.tensor([0, 0, 0, 2147483647, -2147483648], dtype=torch.int32, device=device)
+    stats = _initial_statistics(device).clone()  # a copy on the device: torch.tensor(list) would wait for the GPU
     counts = torch.zeros(bins, dtype=torch.int32, device=device)
     if n:
         bits = flat.view(torch.int32)
@@ -129,3 +129,16 @@ def _multiprocessors(device) -> int:
     if device.index not in _SMS:
         _SMS[device.index] = torch.cuda.get_device_properties(device).multi_processor_count
     return _SMS[device.index]
+
+
+_INITIAL: dict = {}
+
+
+def _initial_statistics(device):
+    """NaN, Inf, top, low key, high key before any value, made on ``device`` once."""
+    import torch
+
+    key = str(device)
+    if key not in _INITIAL:
+        _INITIAL[key] = torch.tensor([0, 0, 0, 2147483647, -2147483648], dtype=torch.int32, device=device)
+    return _INITIAL[key]
