@@ -35,6 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -265,17 +266,22 @@ def main() -> None:
         measure(args)
 
 
-def _cell(row: dict, key: str = "seconds") -> str:
+def _cell(row: Optional[dict], key: str = "seconds") -> str:
     if not row:
         return "not run"
+    if row.get("not_measured"):
+        return "not measured: " + row["not_measured"]
     if row.get("timed_out"):
         return f"> {row['limit_s']:.0f} s (stopped)"
     if row.get("failed"):
         return "failed: " + row["failed"][:80]
-    return f"{row[key]:.2f} s"
+    text = f"{row[key]:.2f} s"
+    if row.get("warm_seconds") is not None:
+        text += f" (warm {row['warm_seconds']:.2f} s)"
+    return text
 
 
-def _memory(row: dict) -> str:
+def _memory(row: Optional[dict]) -> str:
     if not row or "seconds" not in row:
         return ""
     gpu = f", GPU {row['gpu_peak_mb']:.0f} MB" if row.get("gpu_peak_mb") else ""
@@ -288,7 +294,13 @@ def _ratios(a: dict, b: dict) -> str:
     if not names:
         return "-"
     r = np.array([a[n] / b[n] for n in names])
-    return (f"{r.min():.6f} / {np.median(r):.6f} / {r.max():.6f} ({int((r == 1).sum())} of {len(r)} equal)")
+    return f"{r.min():.6f} / {np.median(r):.6f} / {r.max():.6f} ({int((r == 1).sum())} of {len(r)} equal)"
+
+
+def _ratio(a: Optional[dict], b: Optional[dict], key_a: str = "seconds", key_b: str = "seconds") -> str:
+    if not a or not b or a.get(key_a) is None or b.get(key_b) is None:
+        return "-"
+    return f"{a[key_a] / b[key_b]:.1f}"
 
 
 def render() -> None:
@@ -298,50 +310,45 @@ def render() -> None:
     lines = ["# quantlab on the GPU (`--device cuda`)", "",
              f"Measured with `python benchmarks/gpu.py` on the device machine: {machine['gpu']}, {machine['cpus']} CPU "
              f"cores, torch {machine['torch']}. One run of each row, each in a child process; times are the library "
-             "call's wall time (imports and process start excluded, the same for every row). CPU rows: ONNX Runtime on "
-             "every core of the same machine.", ""]
-    lines += ["| model | what | GPU | CPU (all cores) | CPU / GPU | GPU / plain forward | peak memory (GPU row) |",
-              "|---|---|---|---|---|---|---|"]
+             "call's wall time (imports and process start excluded, the same for every row), and include the call's "
+             "one-time start on the GPU (CUDA context, cuDNN, converting the graph, compiling the fold kernels); "
+             "*warm* is a second identical call in the same process. CPU rows: ONNX Runtime on every core of the "
+             "same machine. The plain forward is onnx2torch's module over the same samples already in host memory "
+             "(no file reading, no fingerprint), after a warm-up batch.", "",
+             *[f"- {n}" for n in report.get("notes", [])], "",
+             "| model | what | GPU | CPU (all cores) | CPU / GPU | GPU / plain forward (warm) | peak memory (GPU row) |",
+             "|---|---|---|---|---|---|---|"]
     for name, rows in report["models"].items():
         plain = rows.get("forward/cuda", {})
         lines.append(f"| {name} | plain torch FP32 forward ({plain.get('samples', '?')} samples, batch "
-                     f"{plain.get('batch', '?')}) | {_cell(plain)} | | | 1.00 | {_memory(plain)} |")
+                     f"{plain.get('batch', '?')}) | {_cell(plain)} | | | 1.0 | {_memory(plain)} |")
         for kind, label in (("collect", "collect (every activation, histograms)"),
                             ("collect-torch-fold", "collect, histograms by torch ops (not the fused kernels)"),
-                            ("entropy", "calibrate entropy"),
-                            ("auto", "calibrate auto"), ("sweep", "sweep (7 methods, held out)"),
-                            ("tune", "tune (default budget)")):
+                            ("entropy", "calibrate entropy"), ("auto", "calibrate auto"),
+                            ("sweep", "sweep (7 methods, held out)"), ("tune", "tune (default budget)")):
             gpu, cpu = rows.get(f"{kind}/cuda"), rows.get(f"{kind}/cpu")
             if gpu is None and cpu is None:
                 continue
-            speed = (f"{cpu['seconds'] / gpu['seconds']:.1f}x" if gpu and cpu and "seconds" in gpu and "seconds" in cpu
-                     else "-")
-            forward = (f"{gpu['seconds'] / plain['seconds']:.2f}" if gpu and "seconds" in gpu and "seconds" in plain
-                       else "-")
-            lines.append(f"| {name} | {label} | {_cell(gpu)} | {_cell(cpu)} | {speed} | {forward} | {_memory(gpu)} |")
+            forward = _ratio(gpu, plain)
+            if gpu and gpu.get("warm_seconds") is not None:
+                forward += f" ({_ratio(gpu, plain, 'warm_seconds')})"
+            cell_cpu = "" if kind == "collect-torch-fold" else _cell(cpu)
+            lines.append(f"| {name} | {label} | {_cell(gpu)} | {cell_cpu} | "
+                         f"{'' if kind == 'collect-torch-fold' else _ratio(cpu, gpu)} | {forward} | {_memory(gpu)} |")
+    profile = report.get("profile")
+    if profile:
+        lines += ["", "## Where a warm GPU collection goes", "",
+                  f"{profile['what']}: {profile['warm_seconds']:.2f} s in all; the largest items (seconds):", "",
+                  "| item | s |", "|---|---|", *[f"| {item} | {sec:.3f} |" for item, sec in profile["top"]]]
     lines += ["", "## GPU against CPU statistics", "",
               "Per tensor, GPU value / CPU value (min / median / max over the tensors): the largest magnitude seen "
               "(cuDNN's FP32 activations against ONNX Runtime's) and the entropy range chosen from the histograms.", "",
-              "| model | largest magnitude | entropy range | auto: same method chosen |", "|---|---|---|---|"]
+              "| model | largest magnitude | entropy range |", "|---|---|---|"]
     for name, rows in report["models"].items():
         gpu, cpu = rows.get("collect/cuda", {}), rows.get("collect/cpu", {})
-        if "max_abs" not in gpu or "max_abs" not in cpu:
-            continue
-        auto_gpu, auto_cpu = rows.get("auto/cuda", {}).get("choices"), rows.get("auto/cpu", {}).get("choices")
-        same = "-"
-        if auto_gpu and auto_cpu:
-            same = f"{sum(auto_gpu.get(n) == m for n, m in auto_cpu.items())} of {len(auto_cpu)}"
-        lines.append(f"| {name} | {_ratios(gpu['max_abs'], cpu['max_abs'])} | "
-                     f"{_ratios(gpu['entropy'], cpu['entropy'])} | {same} |")
-    lines += ["", "## The sweep on both engines", "",
-              "| model | method | GPU score | CPU score | GPU SQNR dB | CPU SQNR dB |", "|---|---|---|---|---|---|"]
-    for name, rows in report["models"].items():
-        gpu, cpu = rows.get("sweep/cuda", {}), rows.get("sweep/cpu", {})
-        by_method = {r["method"]: r for r in cpu.get("ranking", [])}
-        for r in gpu.get("ranking", []):
-            c = by_method.get(r["method"], {})
-            lines.append(f"| {name} | {r['method']} | {r['score']:.4f} | {c.get('score', float('nan')):.4f} | "
-                         f"{r['sqnr_db']:.3f} | {c.get('sqnr_db', float('nan')):.3f} |")
+        if "max_abs" in gpu and "max_abs" in cpu:
+            lines.append(f"| {name} | {_ratios(gpu['max_abs'], cpu['max_abs'])} | "
+                         f"{_ratios(gpu['entropy'], cpu['entropy'])} |")
     (REPORT.with_suffix(".md")).write_text("\n".join(lines) + "\n")
 
 
