@@ -316,7 +316,8 @@ def render() -> None:
              "same machine. The plain forward is onnx2torch's module over the same samples already in host memory "
              "(no file reading, no fingerprint), after a warm-up batch.", "",
              *[f"- {n}" for n in report.get("notes", [])], "",
-             "| model | what | GPU | CPU (all cores) | CPU / GPU | GPU / plain forward (warm) | peak memory (GPU row) |",
+             "| model | what | GPU | CPU (all cores) | CPU / GPU | GPU / plain forward (warm) | peak memory "
+             "(GPU row) |",
              "|---|---|---|---|---|---|---|"]
     for name, rows in report["models"].items():
         plain = rows.get("forward/cuda", {})

@@ -62,10 +62,11 @@ class BiasCorrections:
     shifts: dict[str, dict] = field(default_factory=dict)  # node -> {"norm", "relative", "added"}
     skipped: dict[str, str] = field(default_factory=dict)
     samples: int = 0
+    note: str = ""  # why fewer samples than asked, if so
 
     def to_dict(self) -> dict:
         return {"samples": self.samples, "corrected": len(self.biases), "layers": self.shifts,
-                "skipped": self.skipped,
+                "skipped": self.skipped, **({"samples_note": self.note} if self.note else {}),
                 "note": "a TensorRT calibration cache cannot carry corrected biases: deploy the Q/DQ model"}
 
 
@@ -76,7 +77,11 @@ def correct_biases(graph: ModelGraph, amax: dict[str, float], data: DataSpec,
     per channel, as exported), measured on the first ``options.samples`` samples of ``data``.
     ``layers``: the layers the exported model quantizes (:func:`quantlab.qdq.quantized_layers`);
     None: every Conv/ConvTranspose/Gemm/MatMul whose inputs have ranges."""
-    inputs = sample_inputs(graph, data, options.samples)
+    fixed = next((spec.fixed_batch for spec in graph.inputs if spec.fixed_batch), None)
+    # Both paths of the whole graph run on all the samples at once; a graph whose batch is fixed (its
+    # Reshapes name the batch) takes no more than that many.
+    samples = min(options.samples, fixed) if fixed else options.samples
+    inputs = sample_inputs(graph, data, samples)
     sessions = NodeSessions(graph, options.providers)
     nodes = sessions.nodes
     keys = [node.name or node.output[0] for node in nodes]
@@ -84,6 +89,9 @@ def correct_biases(graph: ModelGraph, amax: dict[str, float], data: DataSpec,
         layers = {key for key, node in zip(keys, nodes) if node.op_type in QUANTIZED_OPS}
     eligible, result, added = _eligible_layers(graph, sessions, amax, layers)
     result.samples = len(next(iter(inputs.values())))
+    if fixed and fixed < options.samples:
+        result.note = (f"the model's batch is fixed at {fixed}: the mean errors are measured on {result.samples} "
+                       f"sample(s) (every position of each), not {options.samples}")
 
     def correct(position: int, got: np.ndarray, reference: np.ndarray) -> np.ndarray:
         key = keys[position]

@@ -7,6 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from quantlab import defaults
 from quantlab.calibrate import Method, calibrate, calibrate_statistics, collect_statistics, method_label
 from quantlab.corrections import BiasCorrection, correct_biases
 from quantlab.evaluation.engine import OrtRunner
@@ -173,3 +174,20 @@ def test_calibrate_says_a_trt_cache_cannot_carry_the_correction(tmp_path):
     assert out.returncode == 0, out.stderr
     assert "a TensorRT cache holds ranges only" in out.stdout
     assert "layer(s) corrected on 8 samples" in out.stdout
+
+
+def test_a_fixed_batch_model_is_corrected_on_as_many_samples_as_its_batch_and_says_so(tmp_path, calib_images):
+    """The whole graph runs on all the samples at once; a batch fixed at 2 (Reshapes that name it, as
+    in YOLOv8n's export) takes 2, and the table says so instead of failing."""
+    model = onnx.load(str(defaults.MODEL))
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 2
+    path = tmp_path / "fixed.onnx"
+    onnx.save(model, str(path))
+    fixed = resolve_model(str(path))
+    np.save(tmp_path / "calib.npy", calib_images[:64, None])
+    data = DataSpec(str(tmp_path / "calib.npy"), batch_size=2)
+    table = calibrate_statistics(fixed, collect_statistics(fixed, data, progress=False), "entropy")
+    result = correct_biases(fixed, table.activations, data, BiasCorrection(32))
+    assert result.samples == 2
+    assert "fixed at 2" in result.to_dict()["samples_note"]
+    assert result.biases

@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
         if kind == "cache":
             lines.append("  note: a TensorRT cache holds ranges only: the corrected biases are in the table; "
                          "export-qdq from the table, or --format qdq/both, to deploy them")
+        if corrected.get("samples_note"):
+            lines.append(f"  note: {corrected['samples_note']}")
         data["bias_correction"] = {k: corrected[k] for k in ("corrected", "samples", "skipped")}
     graph_notes = list(result.table.provenance["model"].get("normalisation", []))
     if graph.data_independent:
