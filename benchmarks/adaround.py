@@ -233,20 +233,21 @@ def main() -> None:
     parser.add_argument("--work", default="/tmp/accuracy-league")
     args = parser.parse_args()
     results = {}
-    for name in args.models:
+    for name in args.models:  # the report is rewritten after each model: a long run keeps what it measured
         print(f"[{name}]", file=sys.stderr, flush=True)
         try:
             results[name] = run_model(name, Path(args.work) / name, args.samples, args.iterations)
         except Exception as exc:  # one model's failure is reported, the others still run
             results[name] = {"error": f"{type(exc).__name__}: {exc}"}
-    gains = [r["scores"][f"{m} + AdaRound"]["sqnr_db"] - r["scores"][m]["sqnr_db"]
-             for r in results.values() if "scores" in r for m in r["adaround"]]
-    meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
-            "samples": args.samples, "iterations": args.iterations,
-            "verdict": [f"SQNR gain over nearest rounding: min {min(gains):+.2f}, median {np.median(gains):+.2f}, "
-                        f"max {max(gains):+.2f} dB over {len(gains)} model x range pairs."] if gains else []}
-    REPORT.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
-    REPORT.with_suffix(".md").write_text(markdown(results, meta))
+        gains = [r["scores"][f"{m} + AdaRound"]["sqnr_db"] - r["scores"][m]["sqnr_db"]
+                 for r in results.values() if "scores" in r for m in r["adaround"]]
+        meta = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.node()} ({os.cpu_count()} CPUs)",
+                "samples": args.samples, "iterations": args.iterations,
+                "verdict": [f"SQNR gain over nearest rounding: min {min(gains):+.2f}, median "
+                            f"{np.median(gains):+.2f}, max {max(gains):+.2f} dB over {len(gains)} model x range "
+                            "pairs."] if gains else []}
+        REPORT.with_suffix(".json").write_text(json.dumps({"meta": meta, "results": results}, indent=1, default=str))
+        REPORT.with_suffix(".md").write_text(markdown(results, meta))
     print(REPORT.with_suffix(".md").read_text())
 
 

@@ -153,6 +153,15 @@ class ProcessExecutor(Executor):
         # that interpreter exit does not find them half closed ("Exception ignored ... Bad file descriptor").
         if manager is not None and manager.is_alive():
             manager.join(timeout=5)
+        if manager is not None and manager.is_alive():
+            # A worker killed while writing its result leaves half a message in the result pipe, and the
+            # manager thread waits for the rest forever: this process holds the pipe's write end too, so no
+            # EOF comes. Interpreter exit joins that thread and would hang (seen once in a CI run). Closing
+            # our write end gives the reader its EOF; the thread then marks the pool broken and ends.
+            writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
+            if writer is not None:
+                writer.close()
+            manager.join(timeout=5)
 
     def close(self) -> None:
         if self._pool is not None:
