@@ -40,7 +40,7 @@ sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
 from tune import corpus_npz, score_models  # noqa: E402
-from tune_peers import PEERS_PYTHON, make_npz, peak_rss_mib, run_peer  # noqa: E402
+from tune_peers import PEERS_PYTHON, make_npz, peak_rss_mib, peer_runs  # noqa: E402
 
 REPORTS = ROOT / "reports"
 SINGLE = ("entropy", "mse", "percentile:p=99.9", "percentile:p=99.99", "percentile:p=99.999",
@@ -191,11 +191,7 @@ def run_model(name: str, work: Path, peers: bool) -> dict:
     if peers:
         import onnx
 
-        for label, argv in PEER_TOOLS:
-            print(f"[{name}] {label}", file=sys.stderr)
-            out = work / f"{label.replace(' ', '-')}.onnx"
-            record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.peer.json",
-                              timeout=1800)
+        for label, out, record in peer_runs(name, PEER_TOOLS, files, work, 1800, ".peer.json"):
             if not record.get("ok", False) or not out.exists():
                 failures[label] = str(record.get("error", "no model written"))[:300]
                 continue

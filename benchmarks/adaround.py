@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from accuracy_league import workload_files  # noqa: E402
 from tune import score_models  # noqa: E402
 
+from quantlab.weights import per_channel_amax, quantize_weight  # noqa: E402
+
 ZETA, GAMMA = 1.1, -0.1
 REPORT = ROOT / "reports" / "adaround"
 
@@ -80,10 +82,8 @@ def fake_quantize(x, amax: float, torch):
 
 
 def adaround_layer(w: np.ndarray, axis: int, x_in, target, function, iterations: int, torch,
-                   lam: float = 0.01) -> tuple[np.ndarray, dict]:
-    """The AdaRound integers of one weight (per-channel max-abs scales), and how the loss went."""
-    from quantlab.weights import per_channel_amax, quantize_weight
-
+                   lam: float = 0.01) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The AdaRound integers of one weight, its per-channel max-abs scales, and how the loss went."""
     q_near, scales = quantize_weight(w, per_channel_amax(w, axis), axis)
     shape = [1] * w.ndim
     shape[axis % w.ndim] = -1
@@ -120,7 +120,7 @@ def adaround_layer(w: np.ndarray, axis: int, x_in, target, function, iterations:
         q = torch.where(fixed, torch.from_numpy(q_near.astype(np.float32)), torch.clamp(floor + up, -127, 127))
         final_loss = float(((function(x_in, q * s) - target) ** 2).mean())
     q = q.numpy().astype(np.int8)
-    return q, {"nearest_mse": near_loss, "adaround_mse": final_loss,
+    return q, scales, {"nearest_mse": near_loss, "adaround_mse": final_loss,
                "changed": float((q != q_near).mean())}
 
 
@@ -159,11 +159,8 @@ def adarounded_model(graph, amax: dict, calib: str, samples: int, iterations: in
             continue
         x_in = fake_quantize(x, amax[node.input[0]], torch) if node.input[0] in amax else x
         started = time.perf_counter()
-        q, record = adaround_layer(w, spec.axis, x_in, target, function, iterations, torch)
+        q, scales, record = adaround_layer(w, spec.axis, x_in, target, function, iterations, torch)
         record["seconds"] = time.perf_counter() - started
-        from quantlab.weights import per_channel_amax, quantize_weight
-
-        _, scales = quantize_weight(w, per_channel_amax(w, spec.axis), spec.axis)
         shape = [1] * w.ndim
         shape[spec.axis % w.ndim] = -1
         initializers[spec.name].CopyFrom(numpy_helper.from_array(q.astype(np.float32) * scales.reshape(shape),

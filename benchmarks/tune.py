@@ -40,7 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import corpus  # noqa: E402
-from tune_peers import PEERS_PYTHON, make_npz, run_peer  # noqa: E402
+from tune_peers import PEERS_PYTHON, make_npz, peer_runs, run_peer  # noqa: E402
 
 from quantlab.calibrate import Method, calibrate, calibrate_statistics, collect_statistics, method_label  # noqa: E402
 from quantlab.evaluation.engine import OrtRunner, evaluate  # noqa: E402
@@ -132,11 +132,7 @@ def run_workload(name: str, spec: dict, work: Path, peers: bool, tune_it: bool) 
     models = {label: export_qdq(graph, t.activations, t.weights)[0] for label, t in tables.items()}
     peer_records = {}
     if peers:
-        for label, argv in PEER_TOOLS:
-            print(f"[{name}] {label}", file=sys.stderr)
-            out = work / f"{label.replace(' ', '-')}.onnx"
-            record = run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}.json",
-                              timeout=1200)
+        for label, out, record in peer_runs(name, PEER_TOOLS, files, work, 1200):
             peer_records[label] = {k: record.get(k) for k in ("ok", "error", "seconds", "versions", "float_layers",
                                                               "partial_layers") if k in record}
             if record.get("ok"):

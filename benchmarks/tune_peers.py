@@ -625,6 +625,16 @@ def run_tool(args: argparse.Namespace) -> dict:
     return record
 
 
+def peer_runs(name: str, tools, files: dict, work: Path, timeout: float, suffix: str = ".json"):
+    """Each peer tool of ``tools`` ((label, argv) pairs) on the model and calibration data of ``files``, in
+    the side environment: yields (label, the model path it was asked to write, its record)."""
+    for label, argv in tools:
+        print(f"[{name}] {label}", file=sys.stderr)
+        out = work / f"{label.replace(' ', '-')}.onnx"
+        yield label, out, run_peer([*argv, files["model"], files["calib"], "-o", out], work / f"{label}{suffix}",
+                                   timeout=timeout)
+
+
 def run_peer(argv: list[str], json_path: Path, timeout: float = 3600.0, python: Path = PEERS_PYTHON,
              log: Optional[Path] = None) -> dict:
     """From the main environment: run one tool of this file in the side environment and return its

@@ -63,6 +63,23 @@ def default_model() -> Path:
 
 
 @pytest.fixture(scope="session")
+def embedded_graph():
+    """The embedded model's normalised graph (read-only: shared by every module that asks)."""
+    from quantlab.workload import resolve_model
+
+    return resolve_model(None)
+
+
+@pytest.fixture(scope="session")
+def embedded_stats(embedded_graph):
+    """Statistics of the embedded model on its 512 calibration images (read-only, collected once)."""
+    from quantlab.calibrate import collect_statistics
+    from quantlab.workload import DataSpec
+
+    return collect_statistics(embedded_graph, DataSpec(), progress=False)
+
+
+@pytest.fixture(scope="session")
 def calib_images() -> np.ndarray:
     """The embedded real Fashion-MNIST calibration images, uint8 [512, 28, 28]."""
     return IdxDataset(defaults.CALIBRATION_DATA).images

@@ -207,7 +207,11 @@ def test_a_graph_torch_cannot_run_is_refused_naming_the_op():
 def test_a_device_with_onnxruntime_providers_is_refused():
     with pytest.raises(QuantlabError, match="cannot be used with it"):
         with_device(("CUDAExecutionProvider",), "cuda")
+
+
+def test_a_device_travels_as_a_provider_and_is_read_back():
     assert device_of(with_device(None, "cuda:1")) == "cuda:1"
+    assert device_of(("CPUExecutionProvider",)) is None
 
 
 @pytest.mark.skipif(CUDA, reason="this machine has a GPU")

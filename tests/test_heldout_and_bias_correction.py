@@ -25,13 +25,13 @@ JUDGED_QDQ = QdqOptions(placement="compute", high_precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return resolve_model(None)
+def graph(embedded_graph):
+    return embedded_graph
 
 
 @pytest.fixture(scope="module")
-def stats(graph):
-    return collect_statistics(graph, DataSpec(), progress=False)
+def stats(embedded_stats):
+    return embedded_stats
 
 
 @pytest.fixture(scope="module")

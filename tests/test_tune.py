@@ -46,13 +46,13 @@ def _heldout_images(count: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return resolve_model(None)
+def graph(embedded_graph):
+    return embedded_graph
 
 
 @pytest.fixture(scope="module")
-def stats(graph):
-    return collect_statistics(graph, DataSpec(), progress=False)
+def stats(embedded_stats):
+    return embedded_stats
 
 
 @pytest.fixture(scope="module")

@@ -101,11 +101,13 @@ class DeviceCollector:
             per_sample = max(1, torch.cuda.max_memory_allocated(self.device) - base)
             self.budget_bytes = int(free * self.memory_fraction)
         else:
-            per_sample = max(1, sum(v.nbytes for v in probe.values()) * 4 + self._activation_bytes(probe))
+            per_sample = max(1, self._activation_bytes(probe))
             self.budget_bytes = CPU_BUDGET
         return int(max(1, min(MAX_RUN, self.budget_bytes // per_sample)))
 
     def _activation_bytes(self, probe: dict[str, np.ndarray]) -> int:
+        """Twice the bytes of every tensor one run of ``probe`` makes (inputs included): the tensors, and
+        the fold's scratch of about the same size."""
         sizes = []
         self._execute(probe, fold=False, sizes=sizes)
         return 2 * sum(sizes)

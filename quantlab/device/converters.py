@@ -11,6 +11,7 @@ behaviour, and refused otherwise, with what it uses named.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Optional
 
 import numpy as np
@@ -163,12 +164,14 @@ def _same_max_pool(node, graph, why):
     if mode not in ("SAME_UPPER", "SAME_LOWER") or attributes.get("ceil_mode", 0) or len(node.output_values) != 1:
         raise Unsupported(str(why))
     kernel = tuple(attributes["kernel_shape"])
-    module = _SamePool(kernel, tuple(attributes.get("strides", [1] * len(kernel))),
-                       tuple(attributes.get("dilations", [1] * len(kernel))), mode == "SAME_UPPER")
+    module = _same_pool_module()(kernel, tuple(attributes.get("strides", [1] * len(kernel))),
+                                 tuple(attributes.get("dilations", [1] * len(kernel))), mode == "SAME_UPPER")
     return OperationConverterResult(torch_module=module, onnx_mapping=onnx_mapping_from_node(node))
 
 
+@functools.cache
 def _same_pool_module():
+    """The module class of :func:`_same_max_pool` (made once, when torch is first needed)."""
     import torch
     from torch import nn
     from torch.nn import functional
@@ -191,10 +194,6 @@ def _same_pool_module():
             return pool(x, self.kernel, self.strides, 0, self.dilations)
 
     return SamePool
-
-
-def _SamePool(*args):
-    return _same_pool_module()(*args)
 
 
 FALLBACKS = {"BatchNormalization": _batch_norm, "MaxPool": _same_max_pool}
