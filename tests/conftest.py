@@ -63,7 +63,7 @@ def default_model() -> Path:
 
 
 @pytest.fixture(scope="session")
-def embedded_graph():
+def graph():
     """The embedded model's normalised graph (read-only: shared by every module that asks)."""
     from quantlab.workload import resolve_model
 
@@ -71,12 +71,12 @@ def embedded_graph():
 
 
 @pytest.fixture(scope="session")
-def embedded_stats(embedded_graph):
+def stats(graph):
     """Statistics of the embedded model on its 512 calibration images (read-only, collected once)."""
     from quantlab.calibrate import collect_statistics
     from quantlab.workload import DataSpec
 
-    return collect_statistics(embedded_graph, DataSpec(), progress=False)
+    return collect_statistics(graph, DataSpec(), progress=False)
 
 
 @pytest.fixture(scope="session")

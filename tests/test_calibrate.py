@@ -26,11 +26,6 @@ SUBSET = 96
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return load_model(defaults.MODEL)
-
-
-@pytest.fixture(scope="module")
 def shuffled_npz(tmp_path_factory, calib_images):
     path = tmp_path_factory.mktemp("data") / "shuffled.npz"
     order = np.random.default_rng(5).permutation(SUBSET)

@@ -25,16 +25,6 @@ JUDGED_QDQ = QdqOptions(placement="compute", high_precision="fp32")
 
 
 @pytest.fixture(scope="module")
-def graph(embedded_graph):
-    return embedded_graph
-
-
-@pytest.fixture(scope="module")
-def stats(embedded_stats):
-    return embedded_stats
-
-
-@pytest.fixture(scope="module")
 def entropy(graph, stats):
     return calibrate_statistics(graph, stats, "entropy")
 

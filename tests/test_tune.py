@@ -46,16 +46,6 @@ def _heldout_images(count: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def graph(embedded_graph):
-    return embedded_graph
-
-
-@pytest.fixture(scope="module")
-def stats(embedded_stats):
-    return embedded_stats
-
-
-@pytest.fixture(scope="module")
 def auto(graph, stats):
     return choose_ranges(graph, stats, DataSpec(), AutoOptions(samples=32), progress=False)
 

@@ -43,11 +43,6 @@ FP32_COMPUTE = {"placement": "compute", "high_precision": "fp32"}
 
 
 @pytest.fixture(scope="module")
-def graph():
-    return load_model(defaults.MODEL)
-
-
-@pytest.fixture(scope="module")
 def amax():
     return calibrate(method="max", progress=False).table.activations
 
